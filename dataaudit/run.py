@@ -1,0 +1,257 @@
+"""The one data model of a run: what was captured, as columnar tables.
+
+Checks read a `Run`, never a DataLoader or a model. `load_run` builds it from a
+run directory written by the Tracker; `Run.from_arrays` builds the same thing
+from labels and out-of-sample probabilities (what `scan` has).
+"""
+from __future__ import annotations
+
+import re
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from dataaudit import store
+
+RECORD_COLUMNS = {"epoch": "int32", "sample_id": "int64", "loss": "float32", "prob": "float32",
+                  "margin": "float32", "label": "int64", "pred": "int64"}
+COVERAGE_COLUMNS = ["epoch", "seen", "unique", "missing", "duplicates", "complete", "order_hash"]
+_PARTITION = re.compile(r"^(?P<table>\w+)/(?:split=(?P<split>\w+)/)?epoch=(?P<epoch>\d+)/rank=(?P<rank>\d+)/")
+
+
+@dataclass(frozen=True)
+class Split:
+    """What one split (train, val...) of a run captured.
+
+    records : one row per (epoch, sample): epoch, sample_id, loss, label, pred, prob, margin.
+    coverage : one row per epoch: epoch, seen, unique, missing, duplicates, complete, order_hash.
+    draws : epoch -> ids in the order the loader drew them, shape (seen,).
+    features : epoch -> per-feature moments of the inputs (feature, count, mean, m2, min, max).
+    reservoir : epoch -> (ids (r,), projected inputs (r, dim)), the same ids each epoch when drawn.
+    """
+
+    name: str
+    records: pd.DataFrame
+    coverage: pd.DataFrame
+    draws: dict[int, np.ndarray] = field(default_factory=dict)
+    features: dict[int, pd.DataFrame] = field(default_factory=dict)
+    reservoir: dict[int, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
+    dataset_size: int | None = None
+    input_shape: tuple[int, ...] | None = None
+    probs_source: dict[int, Any] = field(default_factory=dict, repr=False)
+
+    @property
+    def epochs(self) -> list[int]:
+        """Epochs with a committed record, ascending."""
+        return sorted(int(e) for e in self.coverage["epoch"]) if len(self.coverage) else []
+
+    @property
+    def complete_epochs(self) -> list[int]:
+        return sorted(int(e) for e in self.coverage.loc[self.coverage["complete"], "epoch"])
+
+    def probs(self, epoch: int) -> tuple[np.ndarray, np.ndarray] | None:
+        """(sample_ids (m,), probabilities (m, classes)) recorded in `epoch`, or None if not stored."""
+        source = self.probs_source.get(epoch)
+        if source is None:
+            return None
+        if isinstance(source, tuple):
+            return source
+        parts = [pq.read_table(path, columns=["sample_id", "probs"]) for path in source]
+        table = pa.concat_tables(parts)
+        column = table.column("probs").combine_chunks()
+        if column.null_count == len(column):
+            return None
+        width = column.type.list_size
+        values = column.values.to_numpy(zero_copy_only=False).reshape(-1, width)
+        return table.column("sample_id").to_numpy(), values
+
+
+@dataclass(frozen=True)
+class Run:
+    """A captured run.
+
+    records : the train split's per-(epoch, sample) table (see `Split`).
+    steps : one row per optimizer step: epoch, step, attempt, skipped, loss, grad_norm,
+        grad_norm_raw, update_ratio, lr (and lr_1... for further param groups), clipped.
+    coverage : the train split's per-epoch coverage.
+    layers : per-parameter norms on sampled steps: epoch, step, param, update_norm, weight_norm, grad_norm.
+    meta : the manifest (num_classes, optimizer, sessions...).
+    """
+
+    splits: dict[str, Split]
+    steps: pd.DataFrame
+    layers: pd.DataFrame
+    meta: dict
+    path: Path | None = None
+
+    @property
+    def train(self) -> Split:
+        return self.splits.get("train") or _empty_split("train")
+
+    @property
+    def records(self) -> pd.DataFrame:
+        return self.train.records
+
+    @property
+    def coverage(self) -> pd.DataFrame:
+        return self.train.coverage
+
+    @property
+    def num_classes(self) -> int | None:
+        n = self.meta.get("num_classes")
+        if n is None and len(self.records):
+            n = int(max(self.records["label"].max(), self.records["pred"].max())) + 1
+        return n
+
+    def split(self, name: str) -> Split | None:
+        return self.splits.get(name)
+
+    @classmethod
+    def from_arrays(cls, labels: np.ndarray, pred_probs: np.ndarray, *, features: np.ndarray | None = None,
+                    ids: np.ndarray | None = None, meta: dict | None = None) -> Run:
+        """A one-epoch run from labels (n,) and out-of-sample probabilities (n, k), as `scan` has them."""
+        labels = np.asarray(labels).astype(np.int64)
+        pred_probs = np.asarray(pred_probs, dtype=np.float64)
+        n, k = pred_probs.shape
+        ids = np.arange(n, dtype=np.int64) if ids is None else np.asarray(ids, dtype=np.int64)
+        index = np.clip(labels, 0, k - 1)
+        given = pred_probs[np.arange(n), index]
+        others = pred_probs.copy()
+        others[np.arange(n), index] = -np.inf
+        records = pd.DataFrame({
+            "epoch": np.zeros(n, np.int32), "sample_id": ids,
+            "loss": (-np.log(np.clip(given, 1e-12, None))).astype(np.float32),
+            "prob": given.astype(np.float32), "margin": (given - others.max(1)).astype(np.float32),
+            "label": labels, "pred": pred_probs.argmax(1).astype(np.int64),
+        })
+        split_features = {}
+        if features is not None:
+            split_features[0] = moments_table(np.asarray(features, dtype=np.float64).reshape(n, -1))
+        split = Split("train", records, coverage_table({0: ids}, {0: True}, n), draws={0: ids},
+                      features=split_features, dataset_size=n,
+                      input_shape=None if features is None else tuple(np.shape(features)[1:]),
+                      probs_source={0: (ids, pred_probs)})
+        return cls({"train": split}, _empty_steps(), _empty_layers(), {"num_classes": k, **(meta or {})})
+
+
+def load_run(run_dir: str | Path) -> Run:
+    """Read a run directory written by `dataaudit.Tracker`, merging ranks; the epoch in progress is skipped."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise store.RunFormatError(f"{run_dir}: no such run directory")
+    manifests = [store.read_manifest(run_dir, 0)]
+    for path in sorted(run_dir.glob("manifest.rank*.json")):
+        manifests.append(store.read_manifest(run_dir, int(path.stem.split("rank")[1])))
+    meta = manifests[0]
+    files: dict[tuple[str, str | None, int], list[Path]] = defaultdict(list)
+    for manifest in manifests:
+        for rel in manifest["files"]:
+            m = _PARTITION.match(rel)
+            if m and (run_dir / rel).is_file():
+                files[(m["table"], m["split"], int(m["epoch"]))].append(run_dir / rel)
+    epochs = [e for m in manifests for e in m["epochs"]]
+    splits = {name: _load_split(name, info, epochs, files) for name, info in meta["splits"].items()}
+    steps = _concat([f for (t, _, _), fs in sorted(files.items()) if t == "steps" for f in fs], _empty_steps())
+    layers = _concat([f for (t, _, _), fs in sorted(files.items()) if t == "layers" for f in fs], _empty_layers())
+    if len(steps):
+        steps = steps.sort_values(["epoch", "attempt"], kind="stable").reset_index(drop=True)
+    return Run(splits, steps, layers, meta, path=run_dir)
+
+
+def _load_split(name: str, info: dict, epochs: list[dict], files: dict) -> Split:
+    entries = [e for e in epochs if e["split"] == name]
+    complete: dict[int, bool] = {}
+    for e in entries:  # a rank that did not finish its pass makes the epoch incomplete
+        complete[e["epoch"]] = complete.get(e["epoch"], True) and bool(e["complete"])
+    numbers = sorted(complete)
+    records = _concat([f for e in numbers for f in files.get(("records", name, e), [])], _empty_records(),
+                      columns=list(RECORD_COLUMNS))
+    draws = {}
+    for e in numbers:
+        parts = files.get(("draws", name, e), [])
+        draws[e] = np.concatenate([pq.read_table(p).column("sample_id").to_numpy() for p in parts]) \
+            if parts else np.empty(0, np.int64)
+    features, reservoir = {}, {}
+    for e in numbers:
+        for path in files.get(("sketch", name, e), []):
+            if path.name.startswith("features"):
+                features[e] = pq.read_table(path).to_pandas()
+            elif path.name.startswith("reservoir"):
+                table = pq.read_table(path)
+                values = table.column("value").combine_chunks()
+                reservoir[e] = (table.column("sample_id").to_numpy(),
+                                values.values.to_numpy().reshape(len(values), values.type.list_size))
+    has_probs = {e: fs for e in numbers if (fs := files.get(("records", name, e)))
+                 and "probs" in pq.read_schema(fs[0]).names}
+    size = info.get("dataset_size") if info.get("id_source", "index") == "index" else None
+    shape = info.get("input_shape")
+    return Split(name, records, coverage_table(draws, complete, size), draws=draws, features=features,
+                 reservoir=reservoir, dataset_size=size, input_shape=tuple(shape) if shape else None,
+                 probs_source=has_probs)
+
+
+def coverage_table(draws: dict[int, np.ndarray], complete: dict[int, bool], dataset_size: int | None) -> pd.DataFrame:
+    """Per epoch: draws (seen), distinct ids (unique), ids of the dataset not drawn (missing),
+    draws beyond the first of an id (duplicates), whether the pass ran to its end, and a hash of the order.
+
+    Without a dataset size (explicit ids), the dataset is taken to be every id drawn in any epoch.
+    """
+    if dataset_size is None:
+        universe = len(np.unique(np.concatenate(list(draws.values())))) if draws else 0
+    else:
+        universe = dataset_size
+    rows = []
+    for epoch in sorted(draws):
+        ids = draws[epoch]
+        unique = len(np.unique(ids))
+        rows.append({"epoch": epoch, "seen": len(ids), "unique": unique, "missing": max(universe - unique, 0),
+                     "duplicates": len(ids) - unique, "complete": bool(complete.get(epoch, False)),
+                     "order_hash": _order_hash(ids)})
+    return pd.DataFrame(rows, columns=COVERAGE_COLUMNS).astype({"complete": bool})
+
+
+def moments_table(x: np.ndarray) -> pd.DataFrame:
+    """Per-feature moments of x (n, d), in the layout the tracker writes."""
+    return pd.DataFrame({
+        "feature": np.arange(x.shape[1], dtype=np.int64), "count": np.full(x.shape[1], len(x), np.int64),
+        "mean": x.mean(0), "m2": ((x - x.mean(0)) ** 2).sum(0), "min": x.min(0), "max": x.max(0),
+    })
+
+
+def _order_hash(ids: np.ndarray) -> str:
+    import hashlib
+    return hashlib.blake2b(np.ascontiguousarray(ids, dtype=np.int64).tobytes(), digest_size=8).hexdigest()
+
+
+def _concat(paths: list[Path], empty: pd.DataFrame, columns: list[str] | None = None) -> pd.DataFrame:
+    if not paths:
+        return empty
+    table = pa.concat_tables([pq.read_table(p, columns=columns) for p in paths], promote_options="default")
+    return table.to_pandas()
+
+
+def _empty_records() -> pd.DataFrame:
+    return pd.DataFrame({k: pd.Series(dtype=v) for k, v in RECORD_COLUMNS.items()})
+
+
+def _empty_steps() -> pd.DataFrame:
+    return pd.DataFrame({k: pd.Series(dtype=v) for k, v in {
+        "epoch": "int64", "step": "int64", "attempt": "int64", "skipped": "bool", "loss": "float64",
+        "grad_norm": "float64", "grad_norm_raw": "float64", "update_ratio": "float64", "lr": "float64",
+        "clipped": "bool"}.items()})
+
+
+def _empty_layers() -> pd.DataFrame:
+    return pd.DataFrame({k: pd.Series(dtype=v) for k, v in {
+        "epoch": "int64", "step": "int64", "param": "object", "update_norm": "float64",
+        "weight_norm": "float64", "grad_norm": "float64"}.items()})
+
+
+def _empty_split(name: str) -> Split:
+    return Split(name, _empty_records(), pd.DataFrame(columns=COVERAGE_COLUMNS))

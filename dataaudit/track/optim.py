@@ -1,0 +1,205 @@
+"""Optimizer telemetry from step hooks: learning rates, gradient and update norms, clipping, skipped AMP steps.
+
+Everything is computed with device tensors and kept on the device until the
+tracker flushes an epoch: no step reads a value back to the host.
+
+- gradient norm: the global L2 norm of the gradients the optimizer steps with
+  (after any clipping);
+- raw gradient norm: the same norm as backward left it, read by a
+  post-accumulate-grad hook on each parameter, before any clipping; a step
+  whose gradient norm is clearly below its raw norm was clipped;
+- update-to-weight ratio ||delta w|| / ||w||, and per-parameter norms, every
+  `every` steps (it needs a copy of the weights before the step);
+- skipped steps: with `scaler=`, a GradScaler.step that did not call
+  optimizer.step (inf/NaN gradients under AMP).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+
+def _norm(tensors: list[torch.Tensor]) -> torch.Tensor:
+    if not tensors:
+        return torch.tensor(float("nan"))
+    norms = torch._foreach_norm(tensors)
+    return torch.linalg.vector_norm(torch.stack([n.float() for n in norms]))
+
+
+def _lr_value(lr: Any) -> Any:
+    return lr.detach().clone() if isinstance(lr, torch.Tensor) else float(lr)
+
+
+class OptimizerWatch:
+    def __init__(self, optimizer: torch.optim.Optimizer, *, model: torch.nn.Module | None = None,
+                 scaler: Any = None, every: int = 10, epoch_fn=None):
+        if not isinstance(optimizer, torch.optim.Optimizer):
+            raise TypeError(f"watch() needs a torch.optim.Optimizer; got {type(optimizer).__name__}")
+        if every < 0:
+            raise ValueError(f"watch() needs every >= 0 (0 turns update norms off); got {every}")
+        self.optimizer = optimizer
+        self.every = every
+        self._epoch_fn = epoch_fn
+        self.params = [p for g in optimizer.param_groups for p in g["params"]]
+        names = {id(p): n for n, p in model.named_parameters()} if model is not None else {}
+        self.names = [names.get(id(p), f"group{gi}.param{pi}")
+                      for gi, g in enumerate(optimizer.param_groups) for pi, p in enumerate(g["params"])]
+        self.scaler = scaler
+        self.step = 0          # optimizer steps taken, over the whole run
+        self._attempts = 0     # including AMP-skipped steps
+        self._raw: dict[int, torch.Tensor] = {}
+        self._before: list[torch.Tensor] | None = None
+        self._pending_loss: torch.Tensor | None = None
+        self.rows: list[dict] = []
+        self.layer_rows: list[dict] = []
+        self._handles = [
+            optimizer.register_step_pre_hook(self._pre),
+            optimizer.register_step_post_hook(self._post),
+        ]
+        for i, p in enumerate(self.params):
+            if p.requires_grad:
+                self._handles.append(p.register_post_accumulate_grad_hook(self._grad_hook(i)))
+        self._scaler_step = None
+        if scaler is not None:
+            self._wrap_scaler(scaler)
+
+    def _grad_hook(self, i: int):
+        def hook(p: torch.Tensor) -> None:
+            if p.grad is not None:
+                self._raw[i] = torch.linalg.vector_norm(p.grad.detach()).float()
+        return hook
+
+    def _wrap_scaler(self, scaler: Any) -> None:
+        original = scaler.step
+
+        def step(optimizer, *args, **kwargs):
+            before = self.step
+            result = original(optimizer, *args, **kwargs)
+            if optimizer is self.optimizer and self.step == before:
+                self._attempts += 1
+                self.rows.append(self._row(skipped=True))
+            return result
+
+        self._scaler_step = original
+        scaler.step = step
+
+    def note_loss(self, mean_loss: torch.Tensor) -> None:
+        """The mean loss of the batch recorded last, kept with the next step."""
+        self._pending_loss = mean_loss
+
+    def _sampled(self) -> bool:
+        return self.every > 0 and self.step % self.every == 0
+
+    def _pre(self, optimizer, args, kwargs) -> None:
+        grads = [p.grad.detach() for p in self.params if p.grad is not None]
+        self._grad_norm = _norm(grads)
+        raw = [self._raw[i] for i in sorted(self._raw)]
+        self._raw_norm = torch.linalg.vector_norm(torch.stack(raw)) if raw else torch.tensor(float("nan"))
+        if self.scaler is not None and getattr(self.scaler, "_scale", None) is not None:
+            self._raw_norm = self._raw_norm / self.scaler._scale.float()
+        self._raw.clear()
+        if self._sampled():
+            self._before = [p.detach().clone() for p in self.params]
+
+    def _post(self, optimizer, args, kwargs) -> None:
+        self._attempts += 1
+        row = self._row(skipped=False)
+        if self._before is not None:
+            params = [p.detach() for p in self.params]
+            deltas = torch._foreach_sub(params, self._before)
+            d_norms = torch._foreach_norm(deltas)
+            w_norms = torch._foreach_norm(params)
+            g_norms = [torch.linalg.vector_norm(p.grad.detach()) if p.grad is not None
+                       else torch.tensor(float("nan"), device=p.device) for p in self.params]
+            d_all = torch.linalg.vector_norm(torch.stack([d.float() for d in d_norms]))
+            w_all = torch.linalg.vector_norm(torch.stack([w.float() for w in w_norms]))
+            row["update_ratio"] = d_all / w_all.clamp_min(1e-12)
+            self.layer_rows.append({
+                "epoch": row["epoch"], "step": self.step,
+                "update_norm": torch.stack([d.float() for d in d_norms]),
+                "weight_norm": torch.stack([w.float() for w in w_norms]),
+                "grad_norm": torch.stack([g.float().to(d_norms[0].device) for g in g_norms]),
+            })
+            self._before = None
+        self.rows.append(row)
+        self.step += 1
+
+    def _row(self, *, skipped: bool) -> dict:
+        groups = self.optimizer.param_groups
+        row = {
+            "epoch": self._epoch_fn() if self._epoch_fn else 0,
+            "step": self.step,
+            "attempt": self._attempts - 1,
+            "skipped": skipped,
+            "lr": [_lr_value(g.get("lr", float("nan"))) for g in groups],
+            "loss": self._pending_loss,
+        }
+        if not skipped:
+            row["grad_norm"] = self._grad_norm
+            row["grad_norm_raw"] = self._raw_norm
+        self._pending_loss = None
+        return row
+
+    def take(self) -> tuple[pd.DataFrame | None, pd.DataFrame | None]:
+        """Move the rows gathered so far to the host (one synchronisation) as (steps, layers) tables."""
+        rows, layer_rows = self.rows, self.layer_rows
+        self.rows, self.layer_rows = [], []
+        return _steps_table(rows), _layers_table(layer_rows, self.names)
+
+    def remove(self) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles = []
+        if self._scaler_step is not None:
+            self.scaler.step = self._scaler_step
+            self._scaler_step = None
+
+
+def _host(values: list[Any]) -> np.ndarray:
+    """Scalars, some of them device tensors or None, as one float64 array (one copy per device)."""
+    out = np.array([np.nan if v is None or isinstance(v, torch.Tensor) else float(v) for v in values])
+    by_device: dict[torch.device, list[int]] = {}
+    for i, v in enumerate(values):
+        if isinstance(v, torch.Tensor):
+            by_device.setdefault(v.device, []).append(i)
+    for index in by_device.values():
+        out[index] = torch.stack([values[i].float().reshape(()) for i in index]).cpu().numpy()
+    return out
+
+
+def _steps_table(rows: list[dict]) -> pd.DataFrame | None:
+    if not rows:
+        return None
+    n_groups = max(len(r["lr"]) for r in rows)
+    table = {
+        "epoch": np.array([r["epoch"] for r in rows], dtype=np.int64),
+        "step": np.array([r["step"] for r in rows], dtype=np.int64),
+        "attempt": np.array([r["attempt"] for r in rows], dtype=np.int64),
+        "skipped": np.array([r["skipped"] for r in rows], dtype=bool),
+        "loss": _host([r["loss"] for r in rows]),
+        "grad_norm": _host([r.get("grad_norm") for r in rows]),
+        "grad_norm_raw": _host([r.get("grad_norm_raw") for r in rows]),
+        "update_ratio": _host([r.get("update_ratio") for r in rows]),
+    }
+    for g in range(n_groups):
+        table["lr" if g == 0 else f"lr_{g}"] = _host([r["lr"][g] if g < len(r["lr"]) else None for r in rows])
+    frame = pd.DataFrame(table)
+    # Clipped: the gradient stepped with is clearly smaller than backward left it.
+    frame["clipped"] = frame["grad_norm"] < frame["grad_norm_raw"] * (1 - 1e-3)
+    return frame
+
+
+def _layers_table(rows: list[dict], names: list[str]) -> pd.DataFrame | None:
+    if not rows:
+        return None
+    cols = {k: torch.stack([r[k] for r in rows]).cpu().numpy() for k in ("update_norm", "weight_norm", "grad_norm")}
+    n = len(names)
+    return pd.DataFrame({
+        "epoch": np.repeat([r["epoch"] for r in rows], n).astype(np.int64),
+        "step": np.repeat([r["step"] for r in rows], n).astype(np.int64),
+        "param": np.tile(np.array(names, dtype=object), len(rows)),
+        **{k: v.reshape(-1).astype(np.float64) for k, v in cols.items()},
+    })
