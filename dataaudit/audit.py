@@ -2,9 +2,10 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from dataaudit import store
 from dataaudit.checks import REGISTRY, CheckResult, Finding, get_check

@@ -20,7 +20,7 @@ import pyarrow.parquet as pq
 from dataaudit import store
 
 RECORD_COLUMNS = {"epoch": "int32", "sample_id": "int64", "loss": "float32", "prob": "float32",
-                  "margin": "float32", "label": "int64", "pred": "int64"}
+                  "margin": "float32", "label": "int64", "pred": "int64", "fingerprint": "float32"}
 COVERAGE_COLUMNS = ["epoch", "seen", "unique", "missing", "duplicates", "complete", "order_hash"]
 _PARTITION = re.compile(r"^(?P<table>\w+)/(?:split=(?P<split>\w+)/)?epoch=(?P<epoch>\d+)/rank=(?P<rank>\d+)/")
 
@@ -29,7 +29,8 @@ _PARTITION = re.compile(r"^(?P<table>\w+)/(?:split=(?P<split>\w+)/)?epoch=(?P<ep
 class Split:
     """What one split (train, val...) of a run captured.
 
-    records : one row per (epoch, sample): epoch, sample_id, loss, label, pred, prob, margin.
+    records : one row per (epoch, sample): epoch, sample_id, loss, label, pred, prob, margin,
+        fingerprint (the input projected on a fixed random direction; NaN without inputs).
     coverage : one row per epoch: epoch, seen, unique, missing, duplicates, complete, order_hash.
     draws : epoch -> ids in the order the loader drew them, shape (seen,).
     features : epoch -> per-feature moments of the inputs (feature, count, mean, m2, min, max).
@@ -62,8 +63,9 @@ class Split:
             return None
         if isinstance(source, tuple):
             return source
-        parts = [pq.read_table(path, columns=["sample_id", "probs"]) for path in source]
+        parts = [pq.read_table(path, columns=["sample_id", "probs", "recorded"]) for path in source]
         table = pa.concat_tables(parts)
+        table = table.filter(table.column("recorded"))
         column = table.column("probs").combine_chunks()
         if column.null_count == len(column):
             return None
@@ -129,6 +131,7 @@ class Run:
             "loss": (-np.log(np.clip(given, 1e-12, None))).astype(np.float32),
             "prob": given.astype(np.float32), "margin": (given - others.max(1)).astype(np.float32),
             "label": labels, "pred": pred_probs.argmax(1).astype(np.int64),
+            "fingerprint": np.full(n, np.nan, np.float32),
         })
         split_features = {}
         if features is not None:
@@ -170,13 +173,13 @@ def _load_split(name: str, info: dict, epochs: list[dict], files: dict) -> Split
     for e in entries:  # a rank that did not finish its pass makes the epoch incomplete
         complete[e["epoch"]] = complete.get(e["epoch"], True) and bool(e["complete"])
     numbers = sorted(complete)
-    records = _concat([f for e in numbers for f in files.get(("records", name, e), [])], _empty_records(),
-                      columns=list(RECORD_COLUMNS))
-    draws = {}
-    for e in numbers:
-        parts = files.get(("draws", name, e), [])
-        draws[e] = np.concatenate([pq.read_table(p).column("sample_id").to_numpy() for p in parts]) \
-            if parts else np.empty(0, np.int64)
+    # The records of an epoch, in order and with the drawn-but-unrecorded rows, are its draws.
+    rows = _concat([f for e in numbers for f in files.get(("records", name, e), [])],
+                   _empty_records().assign(recorded=pd.Series(dtype=bool)), columns=[*RECORD_COLUMNS, "recorded"])
+    epoch_of = rows["epoch"].to_numpy()
+    ids = rows["sample_id"].to_numpy()
+    draws = {e: ids[epoch_of == e] for e in numbers}
+    records = rows.loc[rows["recorded"].to_numpy(dtype=bool)].drop(columns="recorded").reset_index(drop=True)
     features, reservoir = {}, {}
     for e in numbers:
         for path in files.get(("sketch", name, e), []):

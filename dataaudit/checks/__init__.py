@@ -1,7 +1,7 @@
 """The checks: each reads a `Run` and returns a `CheckResult`. Registered by name, explicitly."""
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from dataaudit.checks import coverage
 from dataaudit.checks.base import CheckResult, Finding

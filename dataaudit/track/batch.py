@@ -32,7 +32,8 @@ def as_targets(targets: Any, n: int, num_classes: int | None) -> torch.Tensor:
         targets = targets.argmax(1)
     if targets.ndim != 1 or targets.shape[0] != n:
         raise ValueError(
-            f"record() needs targets of shape ({n},) (class indices) or ({n}, classes); got shape {tuple(targets.shape)}"
+            f"record() needs targets of shape ({n},) (class indices) or ({n}, classes); "
+            f"got shape {tuple(targets.shape)}"
         )
     if targets.is_floating_point():
         targets = targets.round()
@@ -46,7 +47,9 @@ def logit_stats(logits: torch.Tensor, targets: torch.Tensor | None) -> dict[str,
     "area under the margin"); negative when the model prefers another class.
     """
     logits = logits.detach().float()
-    probs = logits.softmax(1)
+    # softmax by hand: on the CPU it is several times faster than Tensor.softmax for few classes
+    e = (logits - logits.amax(1, keepdim=True)).exp_()
+    probs = e.div_(e.sum(1, keepdim=True))
     out = {"pred": logits.argmax(1), "probs": probs}
     if targets is not None:
         index = targets.clamp(0, logits.shape[1] - 1)[:, None]

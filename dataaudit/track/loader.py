@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import copy
 from collections import deque
-from typing import TYPE_CHECKING, Any, Iterator
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from torch.utils.data import DataLoader, IterableDataset
@@ -89,12 +90,10 @@ class TrackedLoader:
     def __iter__(self) -> Iterator[Any]:
         self._fifo.clear()
         epoch = self._tracker._start_epoch(self)
-        exhausted = False
-        try:
-            for batch in self._inner:
-                ids = self._fifo.popleft() if self.has_index else None
-                self._tracker._batch_yielded(self, epoch, ids)
-                yield batch
-            exhausted = True
-        finally:
-            self._tracker._end_epoch(self, epoch, exhausted=exhausted)
+        for batch in self._inner:
+            ids = self._fifo.popleft() if self.has_index else None
+            self._tracker._batch_yielded(self, epoch, ids)
+            yield batch
+        # A pass left before its end (break, next(iter(loader))) stays open, so its
+        # last batch can still be recorded; the next pass or close() ends it.
+        self._tracker._end_epoch(self, epoch, exhausted=True)

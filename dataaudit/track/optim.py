@@ -4,12 +4,14 @@ Everything is computed with device tensors and kept on the device until the
 tracker flushes an epoch: no step reads a value back to the host.
 
 - gradient norm: the global L2 norm of the gradients the optimizer steps with
-  (after any clipping);
-- raw gradient norm: the same norm as backward left it, read by a
-  post-accumulate-grad hook on each parameter, before any clipping; a step
-  whose gradient norm is clearly below its raw norm was clipped;
-- update-to-weight ratio ||delta w|| / ||w||, and per-parameter norms, every
-  `every` steps (it needs a copy of the weights before the step);
+  (after any clipping), every step;
+- raw gradient norm: the same norm as backward left it, before any clipping,
+  read by a post-accumulate-grad hook on each parameter every `every` steps
+  (never when `every` is 0). A measured step is clipped when its gradient
+  norm is clearly below its raw norm; the steps between are judged clipped when
+  their norm sits at the clipping threshold those steps revealed;
+- update-to-weight ratio ||delta w|| / ||w||, and per-parameter norms, on
+  the same measured steps (it needs a copy of the weights before the step);
 - skipped steps: with `scaler=`, a GradScaler.step that did not call
   optimizer.step (inf/NaN gradients under AMP).
 """
@@ -18,15 +20,16 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-import pandas as pd
+import pyarrow as pa
 import torch
 
 
 def _norm(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """Global L2 norm of a list of tensors, as a float32 device scalar."""
     if not tensors:
         return torch.tensor(float("nan"))
-    norms = torch._foreach_norm(tensors)
-    return torch.linalg.vector_norm(torch.stack([n.float() for n in norms]))
+    with torch.no_grad():
+        return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(tensors)).float())
 
 
 def _lr_value(lr: Any) -> Any:
@@ -35,7 +38,8 @@ def _lr_value(lr: Any) -> Any:
 
 class OptimizerWatch:
     def __init__(self, optimizer: torch.optim.Optimizer, *, model: torch.nn.Module | None = None,
-                 scaler: Any = None, every: int = 10, epoch_fn=None):
+                 scaler: Any = None, every: int = 10, epoch_fn=None, start_step: int = 0,
+                 start_attempt: int = 0):
         if not isinstance(optimizer, torch.optim.Optimizer):
             raise TypeError(f"watch() needs a torch.optim.Optimizer; got {type(optimizer).__name__}")
         if every < 0:
@@ -48,8 +52,8 @@ class OptimizerWatch:
         self.names = [names.get(id(p), f"group{gi}.param{pi}")
                       for gi, g in enumerate(optimizer.param_groups) for pi, p in enumerate(g["params"])]
         self.scaler = scaler
-        self.step = 0          # optimizer steps taken, over the whole run
-        self._attempts = 0     # including AMP-skipped steps
+        self.step = start_step            # optimizer steps taken, over the whole run
+        self._attempts = start_attempt    # including AMP-skipped steps
         self._raw: dict[int, torch.Tensor] = {}
         self._before: list[torch.Tensor] | None = None
         self._pending_loss: torch.Tensor | None = None
@@ -68,7 +72,7 @@ class OptimizerWatch:
 
     def _grad_hook(self, i: int):
         def hook(p: torch.Tensor) -> None:
-            if p.grad is not None:
+            if p.grad is not None and self._sampled():
                 self._raw[i] = torch.linalg.vector_norm(p.grad.detach()).float()
         return hook
 
@@ -86,21 +90,22 @@ class OptimizerWatch:
         self._scaler_step = original
         scaler.step = step
 
-    def note_loss(self, mean_loss: torch.Tensor) -> None:
-        """The mean loss of the batch recorded last, kept with the next step."""
-        self._pending_loss = mean_loss
+    def note_loss(self, losses: torch.Tensor) -> None:
+        """The per-sample losses of the batch recorded last; their mean is kept with the next step."""
+        self._pending_loss = losses
 
     def _sampled(self) -> bool:
+        """Whether the coming step is one whose raw gradient and update norms are measured."""
         return self.every > 0 and self.step % self.every == 0
 
     def _pre(self, optimizer, args, kwargs) -> None:
-        grads = [p.grad.detach() for p in self.params if p.grad is not None]
-        self._grad_norm = _norm(grads)
-        raw = [self._raw[i] for i in sorted(self._raw)]
-        self._raw_norm = torch.linalg.vector_norm(torch.stack(raw)) if raw else torch.tensor(float("nan"))
-        if self.scaler is not None and getattr(self.scaler, "_scale", None) is not None:
-            self._raw_norm = self._raw_norm / self.scaler._scale.float()
-        self._raw.clear()
+        self._grad_norm = _norm([p.grad for p in self.params if p.grad is not None])
+        self._raw_norm = None
+        if self._raw:
+            self._raw_norm = torch.linalg.vector_norm(torch.stack([self._raw[i] for i in sorted(self._raw)]))
+            if self.scaler is not None and getattr(self.scaler, "_scale", None) is not None:
+                self._raw_norm = self._raw_norm / self.scaler._scale.float()
+            self._raw.clear()
         if self._sampled():
             self._before = [p.detach().clone() for p in self.params]
 
@@ -114,14 +119,12 @@ class OptimizerWatch:
             w_norms = torch._foreach_norm(params)
             g_norms = [torch.linalg.vector_norm(p.grad.detach()) if p.grad is not None
                        else torch.tensor(float("nan"), device=p.device) for p in self.params]
-            d_all = torch.linalg.vector_norm(torch.stack([d.float() for d in d_norms]))
-            w_all = torch.linalg.vector_norm(torch.stack([w.float() for w in w_norms]))
-            row["update_ratio"] = d_all / w_all.clamp_min(1e-12)
+            update_norms, weight_norms = torch.stack(d_norms).float(), torch.stack(w_norms).float()
+            row["update_ratio"] = (torch.linalg.vector_norm(update_norms)
+                                   / torch.linalg.vector_norm(weight_norms).clamp_min(1e-12))
             self.layer_rows.append({
-                "epoch": row["epoch"], "step": self.step,
-                "update_norm": torch.stack([d.float() for d in d_norms]),
-                "weight_norm": torch.stack([w.float() for w in w_norms]),
-                "grad_norm": torch.stack([g.float().to(d_norms[0].device) for g in g_norms]),
+                "epoch": row["epoch"], "step": self.step, "update_norm": update_norms, "weight_norm": weight_norms,
+                "grad_norm": torch.stack([g.float().to(update_norms.device) for g in g_norms]),
             })
             self._before = None
         self.rows.append(row)
@@ -135,7 +138,7 @@ class OptimizerWatch:
             "attempt": self._attempts - 1,
             "skipped": skipped,
             "lr": [_lr_value(g.get("lr", float("nan"))) for g in groups],
-            "loss": self._pending_loss,
+            "loss": None if self._pending_loss is None else self._pending_loss.mean(),
         }
         if not skipped:
             row["grad_norm"] = self._grad_norm
@@ -143,7 +146,7 @@ class OptimizerWatch:
         self._pending_loss = None
         return row
 
-    def take(self) -> tuple[pd.DataFrame | None, pd.DataFrame | None]:
+    def take(self) -> tuple[pa.Table | None, pa.Table | None]:
         """Move the rows gathered so far to the host (one synchronisation) as (steps, layers) tables."""
         rows, layer_rows = self.rows, self.layer_rows
         self.rows, self.layer_rows = [], []
@@ -170,7 +173,7 @@ def _host(values: list[Any]) -> np.ndarray:
     return out
 
 
-def _steps_table(rows: list[dict]) -> pd.DataFrame | None:
+def _steps_table(rows: list[dict]) -> pa.Table | None:
     if not rows:
         return None
     n_groups = max(len(r["lr"]) for r in rows)
@@ -186,20 +189,35 @@ def _steps_table(rows: list[dict]) -> pd.DataFrame | None:
     }
     for g in range(n_groups):
         table["lr" if g == 0 else f"lr_{g}"] = _host([r["lr"][g] if g < len(r["lr"]) else None for r in rows])
-    frame = pd.DataFrame(table)
-    # Clipped: the gradient stepped with is clearly smaller than backward left it.
-    frame["clipped"] = frame["grad_norm"] < frame["grad_norm_raw"] * (1 - 1e-3)
-    return frame
+    table["clipped"] = _clipped(table["grad_norm"], table["grad_norm_raw"])
+    return pa.table(table)
 
 
-def _layers_table(rows: list[dict], names: list[str]) -> pd.DataFrame | None:
+def _clipped(norm: np.ndarray, raw: np.ndarray) -> np.ndarray:
+    """Per step, whether clipping cut the gradient.
+
+    Measured steps compare the norm with the raw norm. clip_grad_norm_ scales a
+    clipped gradient to exactly its max_norm, so an unmeasured step whose norm
+    equals the threshold seen on the clipped measured steps was clipped too.
+    """
+    with np.errstate(invalid="ignore"):
+        measured = np.isfinite(raw)
+        clipped = measured & (norm < raw * (1 - 1e-3))
+        if clipped.any():
+            threshold = np.median(norm[clipped])
+            at_threshold = np.abs(norm - threshold) <= 1e-3 * threshold
+            clipped |= ~measured & at_threshold
+    return clipped
+
+
+def _layers_table(rows: list[dict], names: list[str]) -> pa.Table | None:
     if not rows:
         return None
     cols = {k: torch.stack([r[k] for r in rows]).cpu().numpy() for k in ("update_norm", "weight_norm", "grad_norm")}
     n = len(names)
-    return pd.DataFrame({
+    return pa.table({
         "epoch": np.repeat([r["epoch"] for r in rows], n).astype(np.int64),
         "step": np.repeat([r["step"] for r in rows], n).astype(np.int64),
-        "param": np.tile(np.array(names, dtype=object), len(rows)),
+        "param": pa.array(np.tile(np.array(names, dtype=object), len(rows)), type=pa.string()),
         **{k: v.reshape(-1).astype(np.float64) for k, v in cols.items()},
     })

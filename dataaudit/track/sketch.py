@@ -18,19 +18,22 @@ import torch
 
 def hash_ids(ids: np.ndarray) -> np.ndarray:
     """splitmix64 of int64 ids: a stable pseudo-random key per id, uint64."""
+    # numpy array arithmetic on uint64 wraps around silently, as the hash wants.
     z = ids.astype(np.uint64) + np.uint64(0x9E3779B97F4A7C15)
-    with np.errstate(over="ignore"):
-        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
     return z ^ (z >> np.uint64(31))
 
 
 class Projection:
-    """A fixed random projection of flattened inputs to `dim` dimensions, per device."""
+    """A fixed random projection of flattened inputs to `dim` dimensions (shape (n,) when dim is 1).
 
-    def __init__(self, num_features: int, dim: int, seed: int):
+    With identity=True, inputs of at most `dim` features are kept as they are.
+    """
+
+    def __init__(self, num_features: int, dim: int, seed: int, *, identity: bool = True):
         self.num_features = num_features
-        self.identity = num_features <= dim
+        self.identity = identity and num_features <= dim
         self.dim = num_features if self.identity else dim
         self._seed = seed
         self._matrix: dict[torch.device, torch.Tensor] = {}
@@ -44,7 +47,8 @@ class Projection:
             g = torch.Generator().manual_seed(self._seed)
             m = torch.randn(self.num_features, self.dim, generator=g) / self.dim**0.5
             m = self._matrix[x.device] = m.to(x.device)
-        return x @ m
+        out = x @ m
+        return out[:, 0] if self.dim == 1 else out
 
 
 class Moments:

@@ -32,7 +32,8 @@ from dataaudit.track.loader import TrackedLoader
 from dataaudit.track.optim import OptimizerWatch
 from dataaudit.track.sketch import Moments, Projection, Reservoir
 
-_FLOAT_COLUMNS = ("loss", "prob", "margin")
+# Inputs are folded into the sketch once this many bytes of them are buffered.
+_INPUT_BUDGET = 32 << 20
 
 
 @dataclass
@@ -40,7 +41,7 @@ class _Pending:
     """The batch the loader yielded last, waiting for its record() call."""
 
     loader: TrackedLoader
-    epoch: "_Epoch"
+    epoch: _Epoch
     ids: np.ndarray | None
     recorded: bool = False
 
@@ -58,7 +59,10 @@ class _Epoch:
     ended: bool = False
     rows: list[dict] = field(default_factory=list)    # per record(): device tensors and host ids
     buffered: int = 0
-    draws: list[np.ndarray] = field(default_factory=list)
+    inputs: list[tuple[np.ndarray, torch.Tensor]] = field(default_factory=list)   # (ids, x (n, features))
+    input_bytes: int = 0
+    sketched_batches: int = 0
+    projected: list[tuple[np.ndarray, torch.Tensor]] = field(default_factory=list)  # (ids, (n, dim))
     moments: Moments = field(default_factory=Moments)
     reservoir: Reservoir | None = None
     files: list[str] = field(default_factory=list)
@@ -72,14 +76,19 @@ class Tracker:
     run_dir : path of the run directory, created if needed.
     flush_rows : samples gathered on the device before one copy to the host.
     sketch_dim : dimension of the random projection kept of each input.
-    reservoir : inputs kept per epoch for drift tests.
+    sketch_rows : about this many samples per epoch feed the input sketch (moments and
+        reservoir): every k-th batch, whole. Every sample also gets a fingerprint, its
+        input projected on one fixed random direction, to compare across epochs.
+    reservoir : projected inputs kept per epoch for drift tests.
     max_prob_classes : full predicted probabilities are stored up to this many classes.
     rank : process rank for distributed runs (default: torch.distributed's, else 0).
     """
 
     def __init__(self, run_dir: str | os.PathLike, *, flush_rows: int = 65536, sketch_dim: int = 32,
-                 reservoir: int = 1024, max_prob_classes: int = 32, rank: int | None = None, seed: int = 0):
-        for name, value in (("flush_rows", flush_rows), ("sketch_dim", sketch_dim), ("reservoir", reservoir)):
+                 sketch_rows: int = 4096, reservoir: int = 1024, max_prob_classes: int = 32,
+                 rank: int | None = None, seed: int = 0):
+        for name, value in (("flush_rows", flush_rows), ("sketch_dim", sketch_dim), ("reservoir", reservoir),
+                            ("sketch_rows", sketch_rows)):
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"Tracker needs {name} to be a positive integer; got {value!r}")
         self.path = Path(run_dir)
@@ -93,9 +102,11 @@ class Tracker:
         self._open: dict[str, _Epoch] = {}
         self._pending: _Pending | None = None
         self._projection: dict[str, Projection] = {}
+        self._fingerprints: dict[str, Projection] = {}
         self._watch: OptimizerWatch | None = None
         self._closed = False
-        self._manifest = self._open_manifest(seed=seed, sketch_dim=sketch_dim, reservoir=reservoir)
+        self._manifest = self._open_manifest(seed=seed, sketch_dim=sketch_dim, reservoir=reservoir,
+                                             sketch_rows=sketch_rows)
         self._writer = store.Writer()
         self._commit()
         atexit.register(_close_at_exit, weakref.ref(self))
@@ -125,8 +136,10 @@ class Tracker:
         self._check_open()
         if self._watch is not None:
             raise ValueError("watch() was already called; dataaudit watches one optimizer per run")
+        counters = self._manifest.setdefault("step_counters", {"step": 0, "attempt": 0})
         self._watch = OptimizerWatch(optimizer, model=model, scaler=scaler, every=every,
-                                     epoch_fn=self._train_epoch)
+                                     epoch_fn=self._train_epoch, start_step=counters["step"],
+                                     start_attempt=counters["attempt"])
         self._manifest["optimizer"] = {
             "class": type(optimizer).__name__,
             "param_groups": len(optimizer.param_groups),
@@ -158,33 +171,39 @@ class Tracker:
         losses = per_sample_losses(losses)
         n = losses.shape[0]
         ids = self._batch_ids(pending, ids, n)
-        row: dict[str, Any] = {"ids": ids, "n": n, "loss": losses.float()}
+        # Only copies here: the statistics are computed later over many batches at
+        # once (see _flush), which costs a few kernels per chunk instead of per batch.
+        # Copies, not views: loaders and CUDA graphs may reuse their buffers.
+        row: dict[str, Any] = {"ids": ids, "n": n, "loss": losses.float().clone()}
         num_classes = self._manifest.get("num_classes")
         if logits is not None:
             logits = _check_rows("logits", logits, n, ndim=2)
             if num_classes is not None and logits.shape[1] != num_classes:
-                raise ValueError(f"record() got logits with {logits.shape[1]} classes; earlier batches had {num_classes}")
+                raise ValueError(f"record() got logits with {logits.shape[1]} classes; "
+                                 f"earlier batches had {num_classes}")
             num_classes = self._manifest["num_classes"] = int(logits.shape[1])
+            row["logits"] = logits.detach().float().clone()
         if targets is not None:
-            row["label"] = as_targets(targets, n, num_classes)
-        if logits is not None:
-            with torch.no_grad():
-                stats = logit_stats(logits, row.get("label"))
-            probs = stats.pop("probs")
-            if num_classes <= self.max_prob_classes:
-                row["probs"] = probs
-            row.update(stats)
+            row["label"] = as_targets(targets, n, num_classes).clone()
+        epoch = pending.epoch
         if inputs is not None:
-            self._sketch(pending.epoch, row, _check_rows("inputs", inputs, n, ndim=None))
+            flat = self._check_inputs(epoch, _check_rows("inputs", inputs, n, ndim=None)).detach().reshape(n, -1)
+            row["fingerprint"] = self._fingerprint(epoch.split, flat.shape[1])(flat.float())
+            if epoch.sketched_batches % self._sketch_every(epoch.split) == 0:
+                x = flat.to(torch.float32, copy=True)
+                epoch.inputs.append((ids, x))
+                epoch.input_bytes += x.numel() * x.element_size()
+            epoch.sketched_batches += 1
         pending.recorded = True
-        pending.epoch.draws.append(ids)
-        pending.epoch.recorded += n
-        pending.epoch.rows.append(row)
-        pending.epoch.buffered += n
+        epoch.recorded += n
+        epoch.rows.append(row)
+        epoch.buffered += n
         if self._watch is not None:
-            self._watch.note_loss(row["loss"].mean())
-        if pending.epoch.buffered >= self.flush_rows:
-            self._flush(pending.epoch)
+            self._watch.note_loss(row["loss"])
+        if epoch.buffered >= self.flush_rows:
+            self._flush(epoch)
+        elif epoch.input_bytes >= _INPUT_BUDGET:
+            self._reduce_inputs(epoch)
 
     def close(self) -> None:
         """End any epoch in progress, write everything, and release the hooks. Safe to call twice."""
@@ -266,13 +285,11 @@ class Tracker:
         """A batch that was drawn but never recorded still counts as drawn."""
         pending = self._pending
         if pending is not None and not pending.recorded and pending.ids is not None and not pending.epoch.ended:
-            pending.epoch.draws.append(pending.ids)
+            # a row per draw keeps the records in draw order: they are also the epoch's draws
+            pending.epoch.rows.append({"ids": pending.ids, "n": len(pending.ids)})
         self._pending = None
 
-    def _sketch(self, epoch: _Epoch, row: dict, inputs: torch.Tensor) -> None:
-        x = inputs.detach().reshape(inputs.shape[0], -1)
-        if not x.is_floating_point():
-            x = x.float()
+    def _check_inputs(self, epoch: _Epoch, inputs: torch.Tensor) -> torch.Tensor:
         shape = list(inputs.shape[1:])
         info = self._manifest["splits"][epoch.split]
         if "input_shape" not in info:
@@ -280,30 +297,65 @@ class Tracker:
         elif info["input_shape"] != shape:
             raise ValueError(f"record() got inputs of shape {tuple(shape)} per sample; earlier batches of "
                              f"split {epoch.split!r} had {tuple(info['input_shape'])}")
+        return inputs
+
+    def _sketch_every(self, split: str) -> int:
+        """Every how many batches feed the input sketch, for about `sketch_rows` samples an epoch."""
+        info = self._manifest["splits"][split]
+        every = info.get("sketch_every")
+        if every is None:
+            size = info.get("dataset_size") or self._first_epoch_size(split)
+            if not size:  # an unknown length: sketch all of the first epoch, then scale down
+                return 1
+            batch = max(self._loaders[split].batch_size or 1, 1) if split in self._loaders else 1
+            batches = max(size // batch, 1)
+            every = info["sketch_every"] = max(1, batches * batch // self._manifest["sketch"]["rows"])
+        return every
+
+    def _fingerprint(self, split: str, num_features: int) -> Projection:
+        """A fixed random direction: one number per input, equal across epochs when the input is."""
+        fp = self._fingerprints.get(split)
+        if fp is None:
+            fp = self._fingerprints[split] = Projection(num_features, 1, self._manifest["sketch"]["seed"] + 1,
+                                                        identity=False)
+        return fp
+
+    def _first_epoch_size(self, split: str) -> int | None:
+        """Samples in the split's first committed epoch (for datasets of unknown length)."""
+        seen = [e["samples"] or e["recorded"] for e in self._manifest["epochs"] if e["split"] == split]
+        return seen[0] if seen else None
+
+    def _reduce_inputs(self, epoch: _Epoch) -> None:
+        """Fold the buffered inputs into the epoch's moments and keep only their projections."""
+        if not epoch.inputs:
+            return
+        ids = np.concatenate([i for i, _ in epoch.inputs])
+        x = torch.cat([x for _, x in epoch.inputs])
+        epoch.inputs, epoch.input_bytes = [], 0
         projection = self._projection.get(epoch.split)
         if projection is None:
             cfg = self._manifest["sketch"]
             projection = self._projection[epoch.split] = Projection(x.shape[1], cfg["dim"], cfg["seed"])
         with torch.no_grad():
-            x = x.float()
             epoch.moments.update(x)
-            row["proj"] = projection(x)
+            epoch.projected.append((ids, projection(x)))
 
     def _flush(self, epoch: _Epoch) -> None:
-        """Copy the epoch's buffered rows to the host and hand them to the writer."""
-        rows, draws = epoch.rows, epoch.draws
-        epoch.rows, epoch.draws, epoch.buffered = [], [], 0
-        if draws:
-            self._write(epoch, "draws", pa.table({"sample_id": np.concatenate(draws)}))
-        if not rows:
-            return
-        table, proj = _records_table(rows, epoch.epoch)
-        epoch.nonfinite += int((~np.isfinite(table.column("loss").to_numpy())).sum())
-        self._write(epoch, "records", table)
-        if proj is not None:
+        """Compute the buffered rows' statistics, copy them to the host and hand them to the writer."""
+        self._reduce_inputs(epoch)
+        rows, projected = epoch.rows, epoch.projected
+        epoch.rows, epoch.projected, epoch.buffered = [], [], 0
+        if projected:
             if epoch.reservoir is None:
                 epoch.reservoir = Reservoir(self._manifest["sketch"]["reservoir"])
-            epoch.reservoir.update(table.column("sample_id").to_numpy(), proj)
+            epoch.reservoir.update(np.concatenate([i for i, _ in projected]),
+                                   torch.cat([p for _, p in projected]).cpu().numpy())
+        if not rows:
+            return
+        table = _records_table(rows, epoch.epoch, store_probs=(self._manifest.get("num_classes") or 0)
+                               <= self.max_prob_classes)
+        epoch.nonfinite += int((~np.isfinite(table.column("loss").to_numpy())).sum())
+        self._write(epoch, "records", table)
 
     def _write(self, epoch: _Epoch, table_name: str, table: pa.Table, name: str | None = None) -> None:
         folder = store.partition_dir(table_name, epoch=epoch.epoch, rank=self.rank, split=epoch.split)
@@ -335,18 +387,23 @@ class Tracker:
         })
         self._manifest["files"].extend(epoch.files)
         self._commit()
+        # Wait for the commit: a process killed from here on loses at most the next epoch.
+        self._writer.flush()
 
     def _write_steps(self) -> None:
         if self._watch is None:
             return
         steps, layers = self._watch.take()
-        for name, frame in (("steps", steps), ("layers", layers)):
-            if frame is None:
+        # A resumed run continues the step count where this session leaves it.
+        self._manifest["step_counters"] = {"step": self._watch.step, "attempt": self._watch._attempts}
+        for name, whole in (("steps", steps), ("layers", layers)):
+            if whole is None:
                 continue
-            for number, part in frame.groupby("epoch", sort=True):
+            epochs = whole.column("epoch").to_numpy()
+            for number in np.unique(epochs):
+                table = whole if epochs[0] == epochs[-1] else whole.filter(epochs == number)
                 folder = store.partition_dir(name, epoch=int(number), rank=self.rank)
                 rel = (folder / f"part-{self._session}-{len(self._manifest['files']):06d}.parquet").as_posix()
-                table = pa.Table.from_pandas(part.reset_index(drop=True), preserve_index=False)
                 path = self.path / rel
                 self._writer.submit(lambda path=path, table=table: store.write_parquet_atomic(path, table))
                 self._manifest["files"].append(rel)
@@ -358,7 +415,7 @@ class Tracker:
         path = self.path / store.manifest_name(self.rank)
         self._writer.submit(lambda: store.write_text_atomic(path, text))
 
-    def _open_manifest(self, *, seed: int, sketch_dim: int, reservoir: int) -> dict:
+    def _open_manifest(self, *, seed: int, sketch_dim: int, reservoir: int, sketch_rows: int) -> dict:
         manifest_path = self.path / store.manifest_name(self.rank)
         session = {"id": self._session, "opened": _now(), "closed": None, "pid": os.getpid()}
         if manifest_path.exists():
@@ -383,7 +440,7 @@ class Tracker:
             "rank": self.rank,
             "world_size": _world_size(),
             "num_classes": None,
-            "sketch": {"dim": sketch_dim, "reservoir": reservoir, "seed": seed},
+            "sketch": {"dim": sketch_dim, "reservoir": reservoir, "rows": sketch_rows, "seed": seed},
             "splits": {},
             "epochs": [],
             "files": [],
@@ -392,46 +449,59 @@ class Tracker:
 
     def _check_open(self) -> None:
         if self._closed:
-            raise RuntimeError("this Tracker is closed; open the run again with dataaudit.Tracker(run_dir) to resume it")
+            raise RuntimeError("this Tracker is closed; open the run again with "
+                               "dataaudit.Tracker(run_dir) to resume it")
 
 
-def _records_table(rows: list[dict], epoch: int) -> tuple[pa.Table, np.ndarray | None]:
-    """The records of buffered rows as an Arrow table, and the input projections; one device copy per column."""
+def _records_table(rows: list[dict], epoch: int, *, store_probs: bool) -> pa.Table:
+    """The records of buffered rows as an Arrow table: statistics computed once over the chunk,
+    then one device-to-host copy per column.
+
+    Batches drawn but never recorded get rows with recorded=False, so that the
+    rows in order are exactly what the loader drew.
+    """
     n = np.array([r["n"] for r in rows])
     total = int(n.sum())
+    labels = _gather(rows, "label", n, np.int64, -1)
     columns: dict[str, Any] = {
         "epoch": np.full(total, epoch, dtype=np.int32),
         "sample_id": np.concatenate([r["ids"] for r in rows]),
+        "recorded": np.repeat([("loss" in r) for r in rows], n),
+        "loss": _gather(rows, "loss", n, np.float32, np.nan),
+        "prob": np.full(total, np.nan, np.float32),
+        "margin": np.full(total, np.nan, np.float32),
+        "label": labels,
+        "pred": np.full(total, -1, np.int64),
+        "fingerprint": _gather(rows, "fingerprint", n, np.float32, np.nan).reshape(total),
     }
-    for name in _FLOAT_COLUMNS:
-        columns[name] = _gather(rows, name, n, np.float32, np.nan)
-    columns["label"] = _gather(rows, "label", n, np.int64, -1)
-    columns["pred"] = _gather(rows, "pred", n, np.int64, -1)
-    probs = _gather(rows, "probs", n, np.float32, np.nan)
-    if probs is not None and probs.ndim == 2:
-        flat = pa.array(probs.reshape(-1), type=pa.float32())
-        columns["probs"] = pa.FixedSizeListArray.from_arrays(flat, probs.shape[1])
-    proj = _gather(rows, "proj", n, np.float32, np.nan)
-    table = pa.table({k: v for k, v in columns.items() if v is not None})
-    return table, (proj if proj is not None and proj.ndim == 2 else None)
+    has_logits = np.repeat([("logits" in r) for r in rows], n)
+    if has_logits.any():
+        logits = torch.cat([r["logits"] for r in rows if "logits" in r])
+        given = torch.from_numpy(labels[has_logits]).to(logits.device)
+        with torch.no_grad():
+            stats = {k: v.cpu().numpy() for k, v in logit_stats(logits, given).items()}
+        valid = (labels[has_logits] >= 0) & (labels[has_logits] < logits.shape[1])
+        columns["pred"][has_logits] = stats["pred"]
+        columns["prob"][has_logits] = np.where(valid, stats["prob"], np.nan)
+        columns["margin"][has_logits] = np.where(valid, stats["margin"], np.nan)
+        if store_probs:
+            probs = np.full((total, logits.shape[1]), np.nan, np.float32)
+            probs[has_logits] = stats["probs"]
+            columns["probs"] = pa.FixedSizeListArray.from_arrays(pa.array(probs.reshape(-1)), probs.shape[1])
+    return pa.table(columns)
 
 
-def _gather(rows: list[dict], key: str, n: np.ndarray, dtype: Any, fill: Any) -> np.ndarray | None:
-    """Concatenate one column of the rows; rows without it are filled with `fill`."""
+def _gather(rows: list[dict], key: str, n: np.ndarray, dtype: Any, fill: Any) -> np.ndarray:
+    """Concatenate a per-sample column of the rows on the host; rows without it get `fill`."""
+    out = np.full(int(n.sum()), fill, dtype=dtype)
     present = [i for i, r in enumerate(rows) if key in r]
     if not present:
-        return None if key in ("probs", "proj") else np.full(int(n.sum()), fill, dtype=dtype)
-    values = torch.cat([rows[i][key] for i in present]).cpu().numpy().astype(dtype, copy=False)
+        return out
+    values = torch.cat([rows[i][key] for i in present]).cpu().numpy()
     if len(present) == len(rows):
-        return values
-    if values.ndim == 2:  # a 2-d column must be present in every row to be kept
-        return None
-    out = np.full(int(n.sum()), fill, dtype=dtype)
-    starts = np.concatenate([[0], np.cumsum(n)])
-    offset = 0
-    for i in present:
-        out[starts[i]:starts[i + 1]] = values[offset:offset + n[i]]
-        offset += n[i]
+        return values.astype(dtype, copy=False)
+    mask = np.repeat([key in r for r in rows], n)
+    out[mask] = values
     return out
 
 

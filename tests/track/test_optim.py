@@ -1,0 +1,107 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, TensorDataset
+
+import dataaudit
+from fixtures.training import blobs, train
+
+
+def test_step_telemetry(run_dir):
+    X, y = blobs(n=64)
+    train(run_dir, X, y, epochs=2, batch_size=16)
+    steps = dataaudit.load_run(run_dir).steps
+    assert len(steps) == 8 and steps["step"].tolist() == list(range(8))
+    assert (steps["lr"] == 1e-2).all()
+    assert (steps["grad_norm"] > 0).all() and not steps["clipped"].any()
+    measured = steps["step"] % 10 == 0   # raw norms and updates are measured every 10th step
+    np.testing.assert_allclose(steps.loc[measured, "grad_norm"], steps.loc[measured, "grad_norm_raw"], rtol=1e-5)
+    assert steps.loc[measured, "update_ratio"].gt(0).all()
+    assert steps.loc[~measured, ["update_ratio", "grad_norm_raw"]].isna().all().all()
+    assert steps["loss"].notna().all()
+
+
+def test_clipping_is_detected_on_measured_steps_and_between(run_dir):
+    X, y = blobs(n=256)
+    train(run_dir, X, y, epochs=2, batch_size=16, clip=1e-3)
+    steps = dataaudit.load_run(run_dir).steps
+    assert len(steps) == 32 and steps["grad_norm_raw"].notna().sum() == 4
+    # Adam learns despite the clip, so late gradients may fall below it: those steps are not clipped.
+    at_threshold = np.isclose(steps["grad_norm"], 1e-3, rtol=1e-3)
+    assert at_threshold.mean() > 0.5
+    assert (steps["clipped"] == at_threshold).all()
+
+
+def test_learning_rate_of_each_group_and_layer_norms(run_dir):
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
+    opt = torch.optim.SGD([{"params": model[0].parameters(), "lr": 0.1},
+                           {"params": model[2].parameters(), "lr": 0.01}])
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5)
+    ds = TensorDataset(torch.randn(20, 4), torch.randint(0, 2, (20,)))
+    with dataaudit.Tracker(run_dir) as tracker:
+        loader = tracker.wrap(DataLoader(ds, batch_size=10))
+        tracker.watch(opt, model=model, every=1)
+        for _ in range(2):
+            for x, yb in loader:
+                losses = F.cross_entropy(model(x), yb, reduction="none")
+                tracker.record(losses, targets=yb)
+                opt.zero_grad()
+                losses.mean().backward()
+                opt.step()
+            sched.step()
+    run = dataaudit.load_run(run_dir)
+    np.testing.assert_allclose(run.steps["lr"], [0.1, 0.1, 0.05, 0.05])
+    np.testing.assert_allclose(run.steps["lr_1"], [0.01, 0.01, 0.005, 0.005])
+    assert set(run.layers["param"]) == {"0.weight", "0.bias", "2.weight", "2.bias"}
+    assert len(run.layers) == 4 * 4 and (run.layers["update_norm"] > 0).all()
+
+
+def test_amp_skipped_steps_are_counted(run_dir):
+    model = torch.nn.Linear(4, 2)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**8)
+    ds = TensorDataset(torch.randn(40, 4), torch.randint(0, 2, (40,)))
+    with dataaudit.Tracker(run_dir) as tracker:
+        loader = tracker.wrap(DataLoader(ds, batch_size=10))
+        tracker.watch(opt, model=model, scaler=scaler)
+        for i, (x, yb) in enumerate(loader):
+            losses = F.cross_entropy(model(x), yb, reduction="none")
+            if i == 1:
+                losses = losses * float("inf")   # an overflow: the scaler skips this step
+            tracker.record(losses, targets=yb)
+            opt.zero_grad()
+            scaler.scale(losses.mean()).backward()
+            scaler.step(opt)
+            scaler.update()
+    steps = dataaudit.load_run(run_dir).steps
+    assert steps["skipped"].tolist() == [False, True, False, False]
+    assert steps["attempt"].tolist() == [0, 1, 2, 3]
+    assert steps["step"].tolist() == [0, 1, 1, 2]
+    # raw norms are unscaled, so an unclipped step is not taken for a clipped one
+    assert not steps["clipped"].any()
+
+
+def test_watch_validates(run_dir):
+    with dataaudit.Tracker(run_dir) as tracker:
+        with pytest.raises(TypeError, match="torch.optim.Optimizer; got Linear"):
+            tracker.watch(torch.nn.Linear(2, 2))
+        opt = torch.optim.SGD(torch.nn.Linear(2, 2).parameters(), lr=0.1)
+        with pytest.raises(ValueError, match="every >= 0"):
+            tracker.watch(opt, every=-1)
+        tracker.watch(opt)
+        with pytest.raises(ValueError, match="already called"):
+            tracker.watch(opt)
+
+
+def test_hooks_are_removed_on_close(run_dir):
+    model = torch.nn.Linear(2, 2)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    tracker = dataaudit.Tracker(run_dir)
+    tracker.watch(opt, model=model)
+    tracker.close()
+    model(torch.randn(3, 2)).sum().backward()
+    opt.step()
+    assert not opt._optimizer_step_pre_hooks and not opt._optimizer_step_post_hooks

@@ -1,0 +1,174 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, TensorDataset
+
+import dataaudit
+from fixtures.training import blobs, train
+
+
+def _loader(n=40, d=3, k=4, batch_size=10, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    ds = TensorDataset(torch.randn(n, d, generator=g), torch.randint(0, k, (n,), generator=g))
+    return DataLoader(ds, batch_size=batch_size, shuffle=True, generator=g)
+
+
+def test_records_per_sample_statistics(run_dir):
+    with dataaudit.Tracker(run_dir) as tracker:
+        for x, y in tracker.wrap(_loader()):
+            logits = torch.randn(len(x), 4)
+            tracker.record(F.cross_entropy(logits, y, reduction="none"), logits=logits, targets=y, inputs=x)
+            last = (logits, y, tracker)
+    run = dataaudit.load_run(run_dir)
+    assert len(run.records) == 40 and run.num_classes == 4
+    logits, y, _ = last
+    rows = run.records.tail(len(y))
+    probs = logits.softmax(1)
+    np.testing.assert_allclose(rows["prob"], probs[torch.arange(len(y)), y].numpy(), rtol=1e-5)
+    others = logits.clone()
+    others[torch.arange(len(y)), y] = -float("inf")
+    margin = logits[torch.arange(len(y)), y] - others.max(1).values
+    np.testing.assert_allclose(rows["margin"], margin.numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(rows["pred"], logits.argmax(1).numpy())
+    np.testing.assert_array_equal(rows["label"], y.numpy())
+    ids, stored = run.train.probs(0)
+    np.testing.assert_allclose(stored[-len(y):], probs.numpy(), rtol=1e-5)
+
+
+@pytest.fixture
+def open_batch(run_dir):
+    """A tracker whose wrapped loader has just yielded a batch of 10."""
+    tracker = dataaudit.Tracker(run_dir)
+    it = iter(tracker.wrap(_loader()))
+    x, y = next(it)
+    yield tracker, x, y
+    tracker.close()
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda t, x, y: t.record(torch.tensor(1.0)), r"reduction='none'.*got shape \(\)"),
+    (lambda t, x, y: t.record(torch.zeros(10, 2)), r"one loss per sample.*\(10, 2\)"),
+    (lambda t, x, y: t.record(torch.zeros(7)), "got 7 losses but the loader's batch has 10"),
+    (lambda t, x, y: t.record(torch.zeros(10), logits=torch.zeros(9, 4)), "logits has shape"),
+    (lambda t, x, y: t.record(torch.zeros(10), logits=torch.zeros(10)), r"logits of shape \(batch, classes\)"),
+    (lambda t, x, y: t.record(torch.zeros(10), targets=torch.zeros(8)), "targets of shape"),
+    (lambda t, x, y: t.record(torch.zeros(10), inputs=torch.zeros(3, 3)), "inputs has shape"),
+    (lambda t, x, y: t.record([0.0] * 10), "as a tensor; got list"),
+    (lambda t, x, y: t.record(torch.zeros(10), ids=[0.5] * 10), "integer sample ids"),
+], ids=["scalar", "2d", "short", "logits-rows", "logits-1d", "targets", "inputs", "list", "float-ids"])
+def test_bad_record_calls_say_what_was_expected(open_batch, call, message):
+    tracker, x, y = open_batch
+    with pytest.raises((ValueError, TypeError), match=message):
+        call(tracker, x, y)
+
+
+def test_record_twice_for_one_batch(open_batch):
+    tracker, x, y = open_batch
+    tracker.record(torch.zeros(10), targets=y)
+    with pytest.raises(RuntimeError, match="already called for this batch"):
+        tracker.record(torch.zeros(10), targets=y)
+
+
+def test_record_before_any_batch(run_dir):
+    with dataaudit.Tracker(run_dir) as tracker:
+        tracker.wrap(_loader())
+        with pytest.raises(RuntimeError, match="before a wrapped loader yielded"):
+            tracker.record(torch.zeros(10))
+
+
+def test_record_after_close(run_dir):
+    tracker = dataaudit.Tracker(run_dir)
+    tracker.close()
+    with pytest.raises(RuntimeError, match="closed"):
+        tracker.record(torch.zeros(3))
+
+
+def test_changing_number_of_classes_is_refused(open_batch):
+    tracker, x, y = open_batch
+    tracker.record(torch.zeros(10), logits=torch.zeros(10, 4), targets=y)
+    loader = tracker._loaders["train"]
+    for _x, _y in loader:
+        with pytest.raises(ValueError, match="5 classes; earlier batches had 4"):
+            tracker.record(torch.zeros(10), logits=torch.zeros(10, 5), targets=_y)
+        break
+
+
+def test_nonfinite_losses_are_recorded_and_counted(run_dir):
+    with dataaudit.Tracker(run_dir) as tracker:
+        for x, y in tracker.wrap(_loader()):
+            losses = torch.ones(len(x))
+            losses[0] = float("nan")
+            losses[1] = float("inf")
+            tracker.record(losses, targets=y)
+    run = dataaudit.load_run(run_dir)
+    assert run.records["loss"].isna().sum() == 4
+    assert np.isinf(run.records["loss"]).sum() == 4
+    assert run.meta["epochs"][0]["nonfinite_losses"] == 8
+
+
+def test_resume_continues_epochs_and_keeps_everything(run_dir):
+    X, y = blobs(n=60)
+    train(run_dir, X, y, epochs=2)
+    train(run_dir, X, y, epochs=3)
+    run = dataaudit.load_run(run_dir)
+    assert run.train.epochs == [0, 1, 2, 3, 4]
+    assert len(run.records) == 5 * 60
+    assert run.steps["epoch"].max() == 4
+    assert run.steps["step"].tolist() == sorted(run.steps["step"].tolist())
+    assert len(run.meta["sessions"]) == 2
+
+
+def test_validation_split_is_tracked_beside_training(run_dir):
+    train_loader, val_loader = _loader(n=40), _loader(n=20, seed=1)
+    model = torch.nn.Linear(3, 4)
+    with dataaudit.Tracker(run_dir) as tracker:
+        tl, vl = tracker.wrap(train_loader), tracker.wrap(val_loader, split="val")
+        for _ in range(3):
+            for x, y in tl:
+                logits = model(x)
+                tracker.record(F.cross_entropy(logits, y, reduction="none"), logits=logits, targets=y)
+            with torch.no_grad():
+                for x, y in vl:
+                    logits = model(x)
+                    tracker.record(F.cross_entropy(logits, y, reduction="none"), logits=logits, targets=y)
+    run = dataaudit.load_run(run_dir)
+    assert run.train.epochs == [0, 1, 2] and run.split("val").epochs == [0, 1, 2]
+    assert len(run.split("val").records) == 60 and len(run.records) == 120
+
+
+def test_wrap_twice_and_bad_split(run_dir):
+    with dataaudit.Tracker(run_dir) as tracker:
+        tracker.wrap(_loader())
+        with pytest.raises(ValueError, match="already called for split 'train'"):
+            tracker.wrap(_loader())
+        with pytest.raises(ValueError, match="short name"):
+            tracker.wrap(_loader(), split="my split")
+
+
+def test_refuses_a_directory_with_other_files(tmp_path):
+    (tmp_path / "notes.txt").write_text("hello")
+    with pytest.raises(ValueError, match="holds other files"):
+        dataaudit.Tracker(tmp_path)
+
+
+def test_flushes_in_chunks_within_an_epoch(run_dir):
+    X, y = blobs(n=100)
+    train(run_dir, X, y, epochs=1, batch_size=10, flush_rows=25)
+    run = dataaudit.load_run(run_dir)
+    parts = [f for f in run.meta["files"] if f.startswith("records/")]
+    assert len(parts) == 4
+    assert sorted(run.records.sample_id) == list(range(100))
+
+
+def test_exception_in_the_loop_still_commits(run_dir):
+    with pytest.raises(KeyError):
+        with dataaudit.Tracker(run_dir) as tracker:
+            for i, (x, y) in enumerate(tracker.wrap(_loader())):
+                tracker.record(torch.zeros(len(x)), targets=y)
+                if i == 2:
+                    raise KeyError("boom")
+    run = dataaudit.load_run(run_dir)
+    assert len(run.records) == 30 and run.coverage["complete"].tolist() == [False]
