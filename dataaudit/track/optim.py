@@ -17,11 +17,14 @@ tracker flushes an epoch: no step reads a value back to the host.
 """
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import torch
+
+from dataaudit import store
 
 
 def _norm(tensors: list[torch.Tensor]) -> torch.Tensor:
@@ -138,7 +141,7 @@ class OptimizerWatch:
             "attempt": self._attempts - 1,
             "skipped": skipped,
             "lr": [_lr_value(g.get("lr", float("nan"))) for g in groups],
-            "loss": None if self._pending_loss is None else self._pending_loss.mean(),
+            "loss": self._pending_loss,  # per-sample losses; averaged on the writer thread
         }
         if not skipped:
             row["grad_norm"] = self._grad_norm
@@ -146,11 +149,11 @@ class OptimizerWatch:
         self._pending_loss = None
         return row
 
-    def take(self) -> tuple[pa.Table | None, pa.Table | None]:
-        """Move the rows gathered so far to the host (one synchronisation) as (steps, layers) tables."""
+    def take(self) -> tuple[list[dict], list[dict]]:
+        """The step and layer rows gathered so far (device tensors); see `write_steps`."""
         rows, layer_rows = self.rows, self.layer_rows
         self.rows, self.layer_rows = [], []
-        return _steps_table(rows), _layers_table(layer_rows, self.names)
+        return rows, layer_rows
 
     def remove(self) -> None:
         for h in self._handles:
@@ -182,7 +185,7 @@ def _steps_table(rows: list[dict]) -> pa.Table | None:
         "step": np.array([r["step"] for r in rows], dtype=np.int64),
         "attempt": np.array([r["attempt"] for r in rows], dtype=np.int64),
         "skipped": np.array([r["skipped"] for r in rows], dtype=bool),
-        "loss": _host([r["loss"] for r in rows]),
+        "loss": _host([None if r["loss"] is None else r["loss"].mean() for r in rows]),
         "grad_norm": _host([r.get("grad_norm") for r in rows]),
         "grad_norm_raw": _host([r.get("grad_norm_raw") for r in rows]),
         "update_ratio": _host([r.get("update_ratio") for r in rows]),
@@ -221,3 +224,22 @@ def _layers_table(rows: list[dict], names: list[str]) -> pa.Table | None:
         "param": pa.array(np.tile(np.array(names, dtype=object), len(rows)), type=pa.string()),
         **{k: v.reshape(-1).astype(np.float64) for k, v in cols.items()},
     })
+
+
+def write_steps(run_dir: Path, rows: list[dict], layer_rows: list[dict], names: list[str], *,
+                rank: int, session: str) -> list[str]:
+    """Copy step and layer rows to the host (one synchronisation per column) and write them,
+    one file per epoch and table; returns the files written, relative to run_dir."""
+    written = []
+    for name, table in (("steps", _steps_table(rows)), ("layers", _layers_table(layer_rows, names))):
+        if table is None:
+            continue
+        epochs = table.column("epoch").to_numpy()
+        for number in np.unique(epochs):
+            part = table if epochs[0] == epochs[-1] else table.filter(epochs == number)
+            folder = store.partition_dir(name, epoch=int(number), rank=rank)
+            first = int(part.column("step")[0].as_py())
+            rel = (folder / f"part-{session}-{first:09d}.parquet").as_posix()
+            store.write_parquet_atomic(run_dir / rel, part)
+            written.append(rel)
+    return written

@@ -6,9 +6,12 @@ probabilities. Per epoch: the ids the loader drew, in order, and a bounded
 sketch of the inputs. Per optimizer step (with `watch`): learning rates,
 gradient and update norms, clipping, skipped AMP steps.
 
-Values stay on their device until `flush_rows` samples have gathered or the
-epoch ends; then one copy brings them to the host and a background thread
-writes them (see `dataaudit.store` for the files).
+record() only copies the batch's tensors; every `flush_rows` samples and at
+the end of each epoch the gathered chunk goes to a background thread, which
+computes the statistics, copies them to the host once and writes them (see
+`dataaudit.track.epoch`, and `dataaudit.store` for the files). The end of an
+epoch waits for its commit, so a killed process loses at most the epoch in
+progress.
 """
 from __future__ import annotations
 
@@ -18,22 +21,19 @@ import os
 import time
 import uuid
 import weakref
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
 import torch
 
 from dataaudit import store
-from dataaudit.track.batch import as_targets, logit_stats, per_sample_losses
+from dataaudit.track.batch import as_targets, per_sample_losses
+from dataaudit.track.epoch import EpochBuffer
 from dataaudit.track.loader import TrackedLoader
-from dataaudit.track.optim import OptimizerWatch
-from dataaudit.track.sketch import Moments, Projection, Reservoir
-
-# Inputs are folded into the sketch once this many bytes of them are buffered.
-_INPUT_BUDGET = 32 << 20
+from dataaudit.track.optim import OptimizerWatch, write_steps
+from dataaudit.track.sketch import Projection
 
 
 @dataclass
@@ -41,31 +41,9 @@ class _Pending:
     """The batch the loader yielded last, waiting for its record() call."""
 
     loader: TrackedLoader
-    epoch: _Epoch
+    epoch: EpochBuffer
     ids: np.ndarray | None
     recorded: bool = False
-
-
-@dataclass
-class _Epoch:
-    split: str
-    epoch: int
-    started: float = field(default_factory=time.time)
-    batches: int = 0
-    yielded: int = 0
-    recorded: int = 0
-    nonfinite: int = 0
-    chunk: int = 0
-    ended: bool = False
-    rows: list[dict] = field(default_factory=list)    # per record(): device tensors and host ids
-    buffered: int = 0
-    inputs: list[tuple[np.ndarray, torch.Tensor]] = field(default_factory=list)   # (ids, x (n, features))
-    input_bytes: int = 0
-    sketched_batches: int = 0
-    projected: list[tuple[np.ndarray, torch.Tensor]] = field(default_factory=list)  # (ids, (n, dim))
-    moments: Moments = field(default_factory=Moments)
-    reservoir: Reservoir | None = None
-    files: list[str] = field(default_factory=list)
 
 
 class Tracker:
@@ -74,7 +52,8 @@ class Tracker:
     Parameters
     ----------
     run_dir : path of the run directory, created if needed.
-    flush_rows : samples gathered on the device before one copy to the host.
+    flush_rows : samples gathered on the device before they go to the writer thread
+        (default: an eighth of the dataset, between 4,096 and 65,536).
     sketch_dim : dimension of the random projection kept of each input.
     sketch_rows : about this many samples per epoch feed the input sketch (moments and
         reservoir): every k-th batch, whole. Every sample also gets a fingerprint, its
@@ -84,10 +63,10 @@ class Tracker:
     rank : process rank for distributed runs (default: torch.distributed's, else 0).
     """
 
-    def __init__(self, run_dir: str | os.PathLike, *, flush_rows: int = 65536, sketch_dim: int = 32,
+    def __init__(self, run_dir: str | os.PathLike, *, flush_rows: int | None = None, sketch_dim: int = 32,
                  sketch_rows: int = 4096, reservoir: int = 1024, max_prob_classes: int = 32,
                  rank: int | None = None, seed: int = 0):
-        for name, value in (("flush_rows", flush_rows), ("sketch_dim", sketch_dim), ("reservoir", reservoir),
+        for name, value in (("flush_rows", flush_rows or 1), ("sketch_dim", sketch_dim), ("reservoir", reservoir),
                             ("sketch_rows", sketch_rows)):
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"Tracker needs {name} to be a positive integer; got {value!r}")
@@ -99,7 +78,7 @@ class Tracker:
         self.max_prob_classes = max_prob_classes
         self._session = uuid.uuid4().hex[:8]
         self._loaders: dict[str, TrackedLoader] = {}
-        self._open: dict[str, _Epoch] = {}
+        self._open: dict[str, EpochBuffer] = {}
         self._pending: _Pending | None = None
         self._projection: dict[str, Projection] = {}
         self._fingerprints: dict[str, Projection] = {}
@@ -190,9 +169,7 @@ class Tracker:
             flat = self._check_inputs(epoch, _check_rows("inputs", inputs, n, ndim=None)).detach().reshape(n, -1)
             row["fingerprint"] = self._fingerprint(epoch.split, flat.shape[1])(flat.float())
             if epoch.sketched_batches % self._sketch_every(epoch.split) == 0:
-                x = flat.to(torch.float32, copy=True)
-                epoch.inputs.append((ids, x))
-                epoch.input_bytes += x.numel() * x.element_size()
+                epoch.inputs.append((ids, flat.to(torch.float32, copy=True)))
             epoch.sketched_batches += 1
         pending.recorded = True
         epoch.recorded += n
@@ -200,10 +177,8 @@ class Tracker:
         epoch.buffered += n
         if self._watch is not None:
             self._watch.note_loss(row["loss"])
-        if epoch.buffered >= self.flush_rows:
+        if epoch.buffered >= self._flush_rows(epoch.split):
             self._flush(epoch)
-        elif epoch.input_bytes >= _INPUT_BUDGET:
-            self._reduce_inputs(epoch)
 
     def close(self) -> None:
         """End any epoch in progress, write everything, and release the hooks. Safe to call twice."""
@@ -229,7 +204,7 @@ class Tracker:
 
     # ------------------------------------------------------- called by loaders
 
-    def _start_epoch(self, loader: TrackedLoader) -> _Epoch:
+    def _start_epoch(self, loader: TrackedLoader) -> EpochBuffer:
         self._check_open()
         split = loader.split
         if split in self._open:  # the previous pass was abandoned without being exhausted
@@ -240,18 +215,18 @@ class Tracker:
             # A validation pass belongs to the training epoch it follows.
             number = max(number, self._train_epoch())
         info["next_epoch"] = number + 1
-        epoch = _Epoch(split=split, epoch=number)
+        epoch = EpochBuffer(split=split, epoch=number, rank=self.rank, session=self._session)
         self._open[split] = epoch
         return epoch
 
-    def _batch_yielded(self, loader: TrackedLoader, epoch: _Epoch, ids: np.ndarray | None) -> None:
+    def _batch_yielded(self, loader: TrackedLoader, epoch: EpochBuffer, ids: np.ndarray | None) -> None:
         self._note_unrecorded()
         epoch.batches += 1
         if ids is not None:
             epoch.yielded += len(ids)
         self._pending = _Pending(loader, epoch, ids)
 
-    def _end_epoch(self, loader: TrackedLoader, epoch: _Epoch, *, exhausted: bool) -> None:
+    def _end_epoch(self, loader: TrackedLoader, epoch: EpochBuffer, *, exhausted: bool) -> None:
         if not self._closed and not epoch.ended:
             self._end(epoch, exhausted=exhausted)
 
@@ -289,7 +264,7 @@ class Tracker:
             pending.epoch.rows.append({"ids": pending.ids, "n": len(pending.ids)})
         self._pending = None
 
-    def _check_inputs(self, epoch: _Epoch, inputs: torch.Tensor) -> torch.Tensor:
+    def _check_inputs(self, epoch: EpochBuffer, inputs: torch.Tensor) -> torch.Tensor:
         shape = list(inputs.shape[1:])
         info = self._manifest["splits"][epoch.split]
         if "input_shape" not in info:
@@ -325,95 +300,81 @@ class Tracker:
         seen = [e["samples"] or e["recorded"] for e in self._manifest["epochs"] if e["split"] == split]
         return seen[0] if seen else None
 
-    def _reduce_inputs(self, epoch: _Epoch) -> None:
-        """Fold the buffered inputs into the epoch's moments and keep only their projections."""
-        if not epoch.inputs:
-            return
-        ids = np.concatenate([i for i, _ in epoch.inputs])
-        x = torch.cat([x for _, x in epoch.inputs])
-        epoch.inputs, epoch.input_bytes = [], 0
-        projection = self._projection.get(epoch.split)
+    def _flush_rows(self, split: str) -> int:
+        if self.flush_rows is not None:
+            return self.flush_rows
+        size = self._manifest["splits"][split].get("dataset_size")
+        return 65536 if not size else min(max(size // 8, 4096), 65536)
+
+    def _projection_for(self, split: str) -> Projection | None:
+        shape = self._manifest["splits"][split].get("input_shape")
+        if shape is None:
+            return None
+        projection = self._projection.get(split)
         if projection is None:
             cfg = self._manifest["sketch"]
-            projection = self._projection[epoch.split] = Projection(x.shape[1], cfg["dim"], cfg["seed"])
-        with torch.no_grad():
-            epoch.moments.update(x)
-            epoch.projected.append((ids, projection(x)))
+            projection = self._projection[split] = Projection(int(np.prod(shape)), cfg["dim"], cfg["seed"])
+        return projection
 
-    def _flush(self, epoch: _Epoch) -> None:
-        """Compute the buffered rows' statistics, copy them to the host and hand them to the writer."""
-        self._reduce_inputs(epoch)
-        rows, projected = epoch.rows, epoch.projected
-        epoch.rows, epoch.projected, epoch.buffered = [], [], 0
-        if projected:
-            if epoch.reservoir is None:
-                epoch.reservoir = Reservoir(self._manifest["sketch"]["reservoir"])
-            epoch.reservoir.update(np.concatenate([i for i, _ in projected]),
-                                   torch.cat([p for _, p in projected]).cpu().numpy())
-        if not rows:
+    def _flush(self, epoch: EpochBuffer) -> None:
+        """Hand the epoch's gathered chunk to the writer thread."""
+        chunk = epoch.take_chunk()
+        if not chunk.rows and not chunk.inputs:
             return
-        table = _records_table(rows, epoch.epoch, store_probs=(self._manifest.get("num_classes") or 0)
-                               <= self.max_prob_classes)
-        epoch.nonfinite += int((~np.isfinite(table.column("loss").to_numpy())).sum())
-        self._write(epoch, "records", table)
+        num_classes = self._manifest.get("num_classes") or 0
+        kwargs = {"projection": self._projection_for(epoch.split),
+                  "reservoir_size": self._manifest["sketch"]["reservoir"],
+                  "store_probs": num_classes <= self.max_prob_classes}
+        self._writer.submit(lambda: epoch.process(chunk, self.path, **kwargs))
 
-    def _write(self, epoch: _Epoch, table_name: str, table: pa.Table, name: str | None = None) -> None:
-        folder = store.partition_dir(table_name, epoch=epoch.epoch, rank=self.rank, split=epoch.split)
-        if name is None:
-            name = f"part-{self._session}-{epoch.chunk:05d}.parquet"
-            epoch.chunk += 1
-        rel = (folder / name).as_posix()
-        epoch.files.append(rel)
-        path = self.path / rel
-        self._writer.submit(lambda: store.write_parquet_atomic(path, table))
-
-    def _end(self, epoch: _Epoch, *, exhausted: bool) -> None:
+    def _end(self, epoch: EpochBuffer, *, exhausted: bool) -> None:
         self._note_unrecorded()
         epoch.ended = True
         self._open.pop(epoch.split, None)
         self._flush(epoch)
-        features = epoch.moments.table()
-        if features is not None:
-            self._write(epoch, "sketch", features, name="features.parquet")
-        if epoch.reservoir is not None:
-            self._write(epoch, "sketch", epoch.reservoir.table(), name="reservoir.parquet")
+        self._writer.submit(lambda: epoch.finish(self.path))
         if epoch.split == "train":
             self._write_steps()
-        self._manifest["epochs"].append({
+        entry = {
             "split": epoch.split, "epoch": epoch.epoch, "rank": self.rank, "complete": exhausted,
             "batches": epoch.batches, "samples": epoch.yielded, "recorded": epoch.recorded,
-            "nonfinite_losses": epoch.nonfinite, "started": _iso(epoch.started), "ended": _now(),
-            "session": self._session,
-        })
-        self._manifest["files"].extend(epoch.files)
+            "started": _iso(epoch.started), "ended": _now(), "session": self._session,
+        }
+
+        def add_entry() -> None:  # on the writer thread, once the epoch's files are written
+            entry["nonfinite_losses"] = epoch.nonfinite
+            self._manifest["epochs"].append(entry)
+            self._manifest["files"].extend(epoch.files)
+
+        self._writer.submit(add_entry)
         self._commit()
-        # Wait for the commit: a process killed from here on loses at most the next epoch.
-        self._writer.flush()
 
     def _write_steps(self) -> None:
         if self._watch is None:
             return
-        steps, layers = self._watch.take()
+        rows, layer_rows = self._watch.take()
         # A resumed run continues the step count where this session leaves it.
         self._manifest["step_counters"] = {"step": self._watch.step, "attempt": self._watch._attempts}
-        for name, whole in (("steps", steps), ("layers", layers)):
-            if whole is None:
-                continue
-            epochs = whole.column("epoch").to_numpy()
-            for number in np.unique(epochs):
-                table = whole if epochs[0] == epochs[-1] else whole.filter(epochs == number)
-                folder = store.partition_dir(name, epoch=int(number), rank=self.rank)
-                rel = (folder / f"part-{self._session}-{len(self._manifest['files']):06d}.parquet").as_posix()
-                path = self.path / rel
-                self._writer.submit(lambda path=path, table=table: store.write_parquet_atomic(path, table))
-                self._manifest["files"].append(rel)
+        if rows or layer_rows:
+            names = self._watch.names
+            self._writer.submit(lambda: self._manifest["files"].extend(
+                write_steps(self.path, rows, layer_rows, names, rank=self.rank, session=self._session)))
 
     def _commit(self) -> None:
-        """Write the manifest after everything submitted before it."""
-        self._manifest["updated"] = _now()
-        text = json.dumps(self._manifest, indent=1)
+        """Write the manifest after everything submitted before it, and wait for it.
+
+        The manifest is serialised on the writer thread while this thread waits, so
+        the two never touch it at once; a process killed from here on keeps all
+        that was committed.
+        """
         path = self.path / store.manifest_name(self.rank)
-        self._writer.submit(lambda: store.write_text_atomic(path, text))
+
+        def write() -> None:
+            self._manifest["updated"] = _now()
+            store.write_text_atomic(path, json.dumps(self._manifest, indent=1))
+
+        self._writer.submit(write)
+        self._writer.flush()
 
     def _open_manifest(self, *, seed: int, sketch_dim: int, reservoir: int, sketch_rows: int) -> dict:
         manifest_path = self.path / store.manifest_name(self.rank)
@@ -451,58 +412,6 @@ class Tracker:
         if self._closed:
             raise RuntimeError("this Tracker is closed; open the run again with "
                                "dataaudit.Tracker(run_dir) to resume it")
-
-
-def _records_table(rows: list[dict], epoch: int, *, store_probs: bool) -> pa.Table:
-    """The records of buffered rows as an Arrow table: statistics computed once over the chunk,
-    then one device-to-host copy per column.
-
-    Batches drawn but never recorded get rows with recorded=False, so that the
-    rows in order are exactly what the loader drew.
-    """
-    n = np.array([r["n"] for r in rows])
-    total = int(n.sum())
-    labels = _gather(rows, "label", n, np.int64, -1)
-    columns: dict[str, Any] = {
-        "epoch": np.full(total, epoch, dtype=np.int32),
-        "sample_id": np.concatenate([r["ids"] for r in rows]),
-        "recorded": np.repeat([("loss" in r) for r in rows], n),
-        "loss": _gather(rows, "loss", n, np.float32, np.nan),
-        "prob": np.full(total, np.nan, np.float32),
-        "margin": np.full(total, np.nan, np.float32),
-        "label": labels,
-        "pred": np.full(total, -1, np.int64),
-        "fingerprint": _gather(rows, "fingerprint", n, np.float32, np.nan).reshape(total),
-    }
-    has_logits = np.repeat([("logits" in r) for r in rows], n)
-    if has_logits.any():
-        logits = torch.cat([r["logits"] for r in rows if "logits" in r])
-        given = torch.from_numpy(labels[has_logits]).to(logits.device)
-        with torch.no_grad():
-            stats = {k: v.cpu().numpy() for k, v in logit_stats(logits, given).items()}
-        valid = (labels[has_logits] >= 0) & (labels[has_logits] < logits.shape[1])
-        columns["pred"][has_logits] = stats["pred"]
-        columns["prob"][has_logits] = np.where(valid, stats["prob"], np.nan)
-        columns["margin"][has_logits] = np.where(valid, stats["margin"], np.nan)
-        if store_probs:
-            probs = np.full((total, logits.shape[1]), np.nan, np.float32)
-            probs[has_logits] = stats["probs"]
-            columns["probs"] = pa.FixedSizeListArray.from_arrays(pa.array(probs.reshape(-1)), probs.shape[1])
-    return pa.table(columns)
-
-
-def _gather(rows: list[dict], key: str, n: np.ndarray, dtype: Any, fill: Any) -> np.ndarray:
-    """Concatenate a per-sample column of the rows on the host; rows without it get `fill`."""
-    out = np.full(int(n.sum()), fill, dtype=dtype)
-    present = [i for i, r in enumerate(rows) if key in r]
-    if not present:
-        return out
-    values = torch.cat([rows[i][key] for i in present]).cpu().numpy()
-    if len(present) == len(rows):
-        return values.astype(dtype, copy=False)
-    mask = np.repeat([key in r for r in rows], n)
-    out[mask] = values
-    return out
 
 
 def _check_rows(name: str, tensor: Any, n: int, *, ndim: int | None) -> torch.Tensor:

@@ -1,0 +1,139 @@
+"""What one pass of a wrapped loader gathers, and how it becomes files.
+
+The training thread only appends copies of the batch's tensors (`EpochBuffer.add`)
+and, every `flush_rows` samples, hands the gathered chunk to the writer thread
+(`take_chunk`). The writer thread does the rest (`process`): statistics over the
+whole chunk at once, the one device-to-host copy, Parquet encoding and the write.
+So the training thread never waits for the device, and on a CPU the writing
+overlaps with the parts of a training step that leave a core idle.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import torch
+
+from dataaudit import store
+from dataaudit.track.batch import logit_stats
+from dataaudit.track.sketch import Moments, Projection, Reservoir
+
+
+@dataclass
+class Chunk:
+    rows: list[dict]                                  # per record(): ids, n, and device tensors
+    inputs: list[tuple[np.ndarray, torch.Tensor]]     # (ids, x (n, features)) of sketched batches
+
+
+@dataclass
+class EpochBuffer:
+    split: str
+    epoch: int
+    rank: int
+    session: str
+    started: float = field(default_factory=time.time)
+    batches: int = 0            # yielded by the loader
+    yielded: int = 0            # samples in those batches, when the loader knows their ids
+    recorded: int = 0           # samples passed to record()
+    sketched_batches: int = 0
+    ended: bool = False
+    rows: list[dict] = field(default_factory=list)
+    buffered: int = 0
+    inputs: list[tuple[np.ndarray, torch.Tensor]] = field(default_factory=list)
+    # written by the writer thread only:
+    nonfinite: int = 0
+    chunks: int = 0
+    files: list[str] = field(default_factory=list)
+    moments: Moments = field(default_factory=Moments)
+    reservoir: Reservoir | None = None
+
+    def take_chunk(self) -> Chunk:
+        chunk = Chunk(self.rows, self.inputs)
+        self.rows, self.inputs, self.buffered = [], [], 0
+        return chunk
+
+    # ------------------------------------------------------- writer thread
+
+    def process(self, chunk: Chunk, run_dir: Path, *, projection: Projection | None, reservoir_size: int,
+                store_probs: bool) -> None:
+        """Fold a chunk into the sketch and write its records."""
+        if chunk.inputs and projection is not None:
+            ids = np.concatenate([i for i, _ in chunk.inputs])
+            x = torch.cat([x for _, x in chunk.inputs])
+            self.moments.update(x)
+            if self.reservoir is None:
+                self.reservoir = Reservoir(reservoir_size)
+            self.reservoir.update(ids, projection(x).cpu().numpy())
+        if chunk.rows:
+            table = records_table(chunk.rows, self.epoch, store_probs=store_probs)
+            self.nonfinite += int((~np.isfinite(table.column("loss").to_numpy())).sum())
+            self.write(run_dir, "records", table, f"part-{self.session}-{self.chunks:05d}.parquet")
+            self.chunks += 1
+
+    def finish(self, run_dir: Path) -> None:
+        """Write the epoch's input sketch."""
+        features = self.moments.table()
+        if features is not None:
+            self.write(run_dir, "sketch", features, "features.parquet")
+        if self.reservoir is not None:
+            self.write(run_dir, "sketch", self.reservoir.table(), "reservoir.parquet")
+
+    def write(self, run_dir: Path, table_name: str, table: pa.Table, name: str) -> None:
+        folder = store.partition_dir(table_name, epoch=self.epoch, rank=self.rank, split=self.split)
+        rel = (folder / name).as_posix()
+        store.write_parquet_atomic(run_dir / rel, table)
+        self.files.append(rel)
+
+
+def records_table(rows: list[dict], epoch: int, *, store_probs: bool) -> pa.Table:
+    """The records of buffered rows as an Arrow table: statistics computed once over the chunk,
+    then one device-to-host copy per column.
+
+    Batches drawn but never recorded get rows with recorded=False, so that the
+    rows in order are exactly what the loader drew.
+    """
+    n = np.array([r["n"] for r in rows])
+    total = int(n.sum())
+    labels = _gather(rows, "label", n, np.int64, -1)
+    columns: dict[str, Any] = {
+        "epoch": np.full(total, epoch, dtype=np.int32),
+        "sample_id": np.concatenate([r["ids"] for r in rows]),
+        "recorded": np.repeat([("loss" in r) for r in rows], n),
+        "loss": _gather(rows, "loss", n, np.float32, np.nan),
+        "prob": np.full(total, np.nan, np.float32),
+        "margin": np.full(total, np.nan, np.float32),
+        "label": labels,
+        "pred": np.full(total, -1, np.int64),
+        "fingerprint": _gather(rows, "fingerprint", n, np.float32, np.nan),
+    }
+    has_logits = np.repeat([("logits" in r) for r in rows], n)
+    if has_logits.any():
+        logits = torch.cat([r["logits"] for r in rows if "logits" in r])
+        given = torch.from_numpy(labels[has_logits]).to(logits.device)
+        stats = {k: v.cpu().numpy() for k, v in logit_stats(logits, given).items()}
+        valid = (labels[has_logits] >= 0) & (labels[has_logits] < logits.shape[1])
+        columns["pred"][has_logits] = stats["pred"]
+        columns["prob"][has_logits] = np.where(valid, stats["prob"], np.nan)
+        columns["margin"][has_logits] = np.where(valid, stats["margin"], np.nan)
+        if store_probs:
+            probs = np.full((total, logits.shape[1]), np.nan, np.float32)
+            probs[has_logits] = stats["probs"]
+            columns["probs"] = pa.FixedSizeListArray.from_arrays(pa.array(probs.reshape(-1)), probs.shape[1])
+    return pa.table(columns)
+
+
+def _gather(rows: list[dict], key: str, n: np.ndarray, dtype: Any, fill: Any) -> np.ndarray:
+    """Concatenate a per-sample column of the rows on the host; rows without it get `fill`."""
+    out = np.full(int(n.sum()), fill, dtype=dtype)
+    present = [i for i, r in enumerate(rows) if key in r]
+    if not present:
+        return out
+    values = torch.cat([rows[i][key] for i in present]).cpu().numpy()
+    if len(present) == len(rows):
+        return values.astype(dtype, copy=False)
+    out[np.repeat([key in r for r in rows], n)] = values
+    return out
