@@ -26,7 +26,7 @@ from dataaudit.track.sketch import Moments, Projection, Reservoir
 @dataclass
 class Chunk:
     rows: list[dict]                                  # per record(): ids, n, and device tensors
-    inputs: list[tuple[np.ndarray, torch.Tensor]]     # (ids, x (n, features)) of sketched batches
+    inputs: list[tuple[np.ndarray, torch.Tensor]]     # (ids, x (n, sketch features)) of sketched batches
 
 
 @dataclass
@@ -44,6 +44,7 @@ class EpochBuffer:
     rows: list[dict] = field(default_factory=list)
     buffered: int = 0
     inputs: list[tuple[np.ndarray, torch.Tensor]] = field(default_factory=list)
+    input_bytes: int = 0
     # written by the writer thread only:
     nonfinite: int = 0
     chunks: int = 0
@@ -53,7 +54,7 @@ class EpochBuffer:
 
     def take_chunk(self) -> Chunk:
         chunk = Chunk(self.rows, self.inputs)
-        self.rows, self.inputs, self.buffered = [], [], 0
+        self.rows, self.inputs, self.buffered, self.input_bytes = [], [], 0, 0
         return chunk
 
     # ------------------------------------------------------- writer thread
@@ -63,11 +64,11 @@ class EpochBuffer:
         """Fold a chunk into the sketch and write its records."""
         if chunk.inputs and projection is not None:
             ids = np.concatenate([i for i, _ in chunk.inputs])
-            x = torch.cat([x for _, x in chunk.inputs])
+            x = torch.cat([x for _, x in chunk.inputs]).cpu().numpy()
             self.moments.update(x)
             if self.reservoir is None:
                 self.reservoir = Reservoir(reservoir_size)
-            self.reservoir.update(ids, projection(x).cpu().numpy())
+            self.reservoir.update(ids, projection(x))
         if chunk.rows:
             table = records_table(chunk.rows, self.epoch, store_probs=store_probs)
             self.nonfinite += int((~np.isfinite(table.column("loss").to_numpy())).sum())
@@ -112,13 +113,10 @@ def records_table(rows: list[dict], epoch: int, *, store_probs: bool) -> pa.Tabl
     }
     has_logits = np.repeat([("logits" in r) for r in rows], n)
     if has_logits.any():
-        logits = torch.cat([r["logits"] for r in rows if "logits" in r])
-        given = torch.from_numpy(labels[has_logits]).to(logits.device)
-        stats = {k: v.cpu().numpy() for k, v in logit_stats(logits, given).items()}
-        valid = (labels[has_logits] >= 0) & (labels[has_logits] < logits.shape[1])
-        columns["pred"][has_logits] = stats["pred"]
-        columns["prob"][has_logits] = np.where(valid, stats["prob"], np.nan)
-        columns["margin"][has_logits] = np.where(valid, stats["margin"], np.nan)
+        logits = torch.cat([r["logits"] for r in rows if "logits" in r]).cpu().numpy()
+        stats = logit_stats(logits, labels[has_logits])
+        for name in ("pred", "prob", "margin"):
+            columns[name][has_logits] = stats[name]
         if store_probs:
             probs = np.full((total, logits.shape[1]), np.nan, np.float32)
             probs[has_logits] = stats["probs"]

@@ -30,7 +30,7 @@ from dataaudit import store
 def _norm(tensors: list[torch.Tensor]) -> torch.Tensor:
     """Global L2 norm of a list of tensors, as a float32 device scalar."""
     if not tensors:
-        return torch.tensor(float("nan"))
+        return torch.full((), float("nan"))
     with torch.no_grad():
         return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(tensors)).float())
 
@@ -121,7 +121,7 @@ class OptimizerWatch:
             d_norms = torch._foreach_norm(deltas)
             w_norms = torch._foreach_norm(params)
             g_norms = [torch.linalg.vector_norm(p.grad.detach()) if p.grad is not None
-                       else torch.tensor(float("nan"), device=p.device) for p in self.params]
+                       else torch.full((), float("nan"), device=p.device) for p in self.params]
             update_norms, weight_norms = torch.stack(d_norms).float(), torch.stack(w_norms).float()
             row["update_ratio"] = (torch.linalg.vector_norm(update_norms)
                                    / torch.linalg.vector_norm(weight_norms).clamp_min(1e-12))

@@ -28,31 +28,34 @@ def hash_ids(ids: np.ndarray) -> np.ndarray:
 class Projection:
     """A fixed random projection of flattened inputs to `dim` dimensions (shape (n,) when dim is 1).
 
-    With identity=True, inputs of at most `dim` features are kept as they are.
+    Works on numpy arrays and on tensors (on their device). With identity=True,
+    inputs of at most `dim` features are kept as they are.
     """
 
     def __init__(self, num_features: int, dim: int, seed: int, *, identity: bool = True):
         self.num_features = num_features
         self.identity = identity and num_features <= dim
         self.dim = num_features if self.identity else dim
-        self._seed = seed
-        self._matrix: dict[torch.device, torch.Tensor] = {}
+        g = torch.Generator().manual_seed(seed)
+        self.matrix = (torch.randn(num_features, self.dim, generator=g) / self.dim**0.5).numpy()
+        self._on_device: dict[torch.device, torch.Tensor] = {}
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        """x : (n, num_features) float -> (n, dim) float."""
+    def __call__(self, x):
+        """x : (n, num_features) float array or tensor -> (n, dim), or (n,) when dim is 1."""
         if self.identity:
             return x
-        m = self._matrix.get(x.device)
-        if m is None:
-            g = torch.Generator().manual_seed(self._seed)
-            m = torch.randn(self.num_features, self.dim, generator=g) / self.dim**0.5
-            m = self._matrix[x.device] = m.to(x.device)
-        out = x @ m
+        if isinstance(x, torch.Tensor):
+            m = self._on_device.get(x.device)
+            if m is None:
+                m = self._on_device[x.device] = torch.from_numpy(self.matrix).to(x.device)
+            out = x @ m
+        else:
+            out = x @ self.matrix
         return out[:, 0] if self.dim == 1 else out
 
 
 class Moments:
-    """Streaming per-feature count, mean, M2, min and max, on the inputs' device.
+    """Streaming per-feature count, mean, M2, min and max (numpy, float64 sums).
 
     A non-finite input makes its feature's moments non-finite, which is itself
     what the feature-scale check reports.
@@ -62,36 +65,35 @@ class Moments:
         self.count = 0
         self._shift = self._sum = self._sumsq = self._min = self._max = None
 
-    def update(self, x: torch.Tensor) -> None:
-        """x : (n, d) float, already flattened."""
+    def update(self, x: np.ndarray) -> None:
+        """x : (n, d) float32, already flattened."""
         if self._shift is None:
-            # A shift taken from the first batch keeps sums of squares well
+            # A shift taken from the first chunk keeps sums of squares well
             # conditioned for features whose mean is far from zero.
-            self._shift = x.mean(0)
-            self._sum = torch.zeros(x.shape[1], dtype=torch.float64, device=x.device)
-            self._sumsq = torch.zeros_like(self._sum)
-            self._min, self._max = x.amin(0), x.amax(0)
+            self._shift = x.mean(0, dtype=np.float64).astype(np.float32)
+            self._sum = np.zeros(x.shape[1], np.float64)
+            self._sumsq = np.zeros(x.shape[1], np.float64)
+            self._min, self._max = x.min(0), x.max(0)
         else:
-            self._min = torch.minimum(self._min, x.amin(0))
-            self._max = torch.maximum(self._max, x.amax(0))
+            self._min = np.minimum(self._min, x.min(0))
+            self._max = np.maximum(self._max, x.max(0))
         xc = x - self._shift
-        self._sum += xc.sum(0)
-        self._sumsq += (xc * xc).sum(0)
+        self._sum += xc.sum(0, dtype=np.float64)
+        self._sumsq += np.einsum("ij,ij->j", xc, xc, dtype=np.float64)
         self.count += x.shape[0]
 
     def table(self) -> pa.Table | None:
-        """One row per feature: feature, count, mean, m2, min, max (copies to the host)."""
+        """One row per feature: feature, count, mean, m2, min, max."""
         if self._shift is None:
             return None
-        s, ss = self._sum.cpu().numpy(), self._sumsq.cpu().numpy()
-        mean_c = s / self.count
+        mean_c = self._sum / self.count
         return pa.table({
-            "feature": np.arange(len(s), dtype=np.int64),
-            "count": np.full(len(s), self.count, dtype=np.int64),
-            "mean": self._shift.double().cpu().numpy() + mean_c,
-            "m2": np.maximum(ss - self.count * mean_c**2, 0.0),
-            "min": self._min.double().cpu().numpy(),
-            "max": self._max.double().cpu().numpy(),
+            "feature": np.arange(len(self._sum), dtype=np.int64),
+            "count": np.full(len(self._sum), self.count, dtype=np.int64),
+            "mean": self._shift.astype(np.float64) + mean_c,
+            "m2": np.maximum(self._sumsq - self.count * mean_c**2, 0.0),
+            "min": self._min.astype(np.float64),
+            "max": self._max.astype(np.float64),
         })
 
 

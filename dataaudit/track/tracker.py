@@ -35,6 +35,11 @@ from dataaudit.track.loader import TrackedLoader
 from dataaudit.track.optim import OptimizerWatch, write_steps
 from dataaudit.track.sketch import Projection
 
+# Sketched inputs waiting on the device for the writer are kept under this many bytes.
+_INPUT_BUDGET = 64 << 20
+# Images are pooled to at most this size per channel for the sketch (channels stay exact in mean).
+_SKETCH_SIDE = 16
+
 
 @dataclass
 class _Pending:
@@ -166,10 +171,13 @@ class Tracker:
             row["label"] = as_targets(targets, n, num_classes).clone()
         epoch = pending.epoch
         if inputs is not None:
-            flat = self._check_inputs(epoch, _check_rows("inputs", inputs, n, ndim=None)).detach().reshape(n, -1)
+            inputs = self._check_inputs(epoch, _check_rows("inputs", inputs, n, ndim=None)).detach()
+            flat = inputs.reshape(n, -1)
             row["fingerprint"] = self._fingerprint(epoch.split, flat.shape[1])(flat.float())
             if epoch.sketched_batches % self._sketch_every(epoch.split) == 0:
-                epoch.inputs.append((ids, flat.to(torch.float32, copy=True)))
+                x = _sketch_features(inputs).to(torch.float32, copy=True)
+                epoch.inputs.append((ids, x))
+                epoch.input_bytes += x.numel() * 4
             epoch.sketched_batches += 1
         pending.recorded = True
         epoch.recorded += n
@@ -177,7 +185,7 @@ class Tracker:
         epoch.buffered += n
         if self._watch is not None:
             self._watch.note_loss(row["loss"])
-        if epoch.buffered >= self._flush_rows(epoch.split):
+        if epoch.buffered >= self._flush_rows(epoch.split) or epoch.input_bytes >= _INPUT_BUDGET:
             self._flush(epoch)
 
     def close(self) -> None:
@@ -269,6 +277,7 @@ class Tracker:
         info = self._manifest["splits"][epoch.split]
         if "input_shape" not in info:
             info["input_shape"] = shape
+            info["sketch_shape"] = _sketch_shape(shape)
         elif info["input_shape"] != shape:
             raise ValueError(f"record() got inputs of shape {tuple(shape)} per sample; earlier batches of "
                              f"split {epoch.split!r} had {tuple(info['input_shape'])}")
@@ -307,7 +316,7 @@ class Tracker:
         return 65536 if not size else min(max(size // 8, 4096), 65536)
 
     def _projection_for(self, split: str) -> Projection | None:
-        shape = self._manifest["splits"][split].get("input_shape")
+        shape = self._manifest["splits"][split].get("sketch_shape")
         if shape is None:
             return None
         projection = self._projection.get(split)
@@ -371,7 +380,7 @@ class Tracker:
 
         def write() -> None:
             self._manifest["updated"] = _now()
-            store.write_text_atomic(path, json.dumps(self._manifest, indent=1))
+            store.write_text_atomic(path, json.dumps(self._manifest))
 
         self._writer.submit(write)
         self._writer.flush()
@@ -412,6 +421,23 @@ class Tracker:
         if self._closed:
             raise RuntimeError("this Tracker is closed; open the run again with "
                                "dataaudit.Tracker(run_dir) to resume it")
+
+
+def _sketch_shape(shape: list[int]) -> list[int]:
+    """Per-sample shape the input sketch sees: images (C, H, W) larger than 16 x 16 are
+    average-pooled to at most 16 x 16 (each channel's mean stays exact)."""
+    if len(shape) == 3 and shape[1] * shape[2] > _SKETCH_SIDE**2:
+        return [shape[0], min(shape[1], _SKETCH_SIDE), min(shape[2], _SKETCH_SIDE)]
+    return shape
+
+
+def _sketch_features(inputs: torch.Tensor) -> torch.Tensor:
+    """The batch as the input sketch sees it, flattened to (n, features)."""
+    n = inputs.shape[0]
+    shape = _sketch_shape(list(inputs.shape[1:]))
+    if shape != list(inputs.shape[1:]):
+        return torch.nn.functional.adaptive_avg_pool2d(inputs.float(), shape[1:]).reshape(n, -1)
+    return inputs.reshape(n, -1)
 
 
 def _check_rows(name: str, tensor: Any, n: int, *, ndim: int | None) -> torch.Tensor:

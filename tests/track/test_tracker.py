@@ -172,3 +172,22 @@ def test_exception_in_the_loop_still_commits(run_dir):
                     raise KeyError("boom")
     run = dataaudit.load_run(run_dir)
     assert len(run.records) == 30 and run.coverage["complete"].tolist() == [False]
+
+
+def test_images_are_pooled_for_the_sketch_and_fingerprinted_whole(run_dir):
+    ds = TensorDataset(torch.rand(24, 3, 32, 32), torch.randint(0, 2, (24,)))
+    with dataaudit.Tracker(run_dir) as tracker:
+        for _ in range(2):
+            for x, y in tracker.wrap(DataLoader(ds, batch_size=8)) if _ == 0 else tracker._loaders["train"]:
+                tracker.record(torch.zeros(len(x)), targets=y, inputs=x)
+    run = dataaudit.load_run(run_dir)
+    assert run.train.input_shape == (3, 32, 32)
+    assert run.meta["splits"]["train"]["sketch_shape"] == [3, 16, 16]
+    features = run.train.features[0]
+    assert len(features) == 3 * 16 * 16
+    # pooling keeps each channel's mean
+    channel_means = features["mean"].to_numpy().reshape(3, -1).mean(1)
+    np.testing.assert_allclose(channel_means, ds.tensors[0].mean((0, 2, 3)).numpy(), rtol=1e-5)
+    # the same images give the same fingerprints every epoch
+    fp = run.records.pivot(index="sample_id", columns="epoch", values="fingerprint")
+    np.testing.assert_allclose(fp[0], fp[1], rtol=1e-5)
