@@ -390,6 +390,9 @@ class Tracker:
         session = {"id": self._session, "opened": _now(), "closed": None, "pid": os.getpid()}
         if manifest_path.exists():
             manifest = store.read_manifest(self.path, self.rank)
+            # a run begun by an older dataaudit may lack settings added since
+            for key, value in {"dim": sketch_dim, "reservoir": reservoir, "rows": sketch_rows, "seed": seed}.items():
+                manifest.setdefault("sketch", {}).setdefault(key, value)
             moved = store.move_uncommitted(self.path, set(manifest["files"]), rank=self.rank)
             session["resumed"] = True
             session["moved_to_partial"] = len(moved)
