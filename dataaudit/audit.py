@@ -47,7 +47,9 @@ class Audit:
 
     @property
     def checks(self) -> dict[str, dict[str, Any]]:
-        return {name: {"status": r.status, "score": round(r.score, 4), **r.details}
+        # the label issues are written once, at the top level of audit.json
+        return {name: {"status": r.status, "score": round(r.score, 4),
+                       **{k: v for k, v in r.details.items() if k != "label_issues"}}
                 for name, r in self.results.items()}
 
     def to_dict(self) -> dict[str, Any]:
@@ -85,10 +87,12 @@ def analyze(run: str | Path | Run, *, checks: Iterable[str] | None = None) -> Au
         run = load_run(run)
     names = list(REGISTRY) if checks is None else list(checks)
     results = {name: get_check(name)(run) for name in names}
+    labels = results.get("labels")
     return Audit(
         verdict="none",
         data_share=0.0,
         results=results,
+        label_issues=tuple(labels.details.get("label_issues", [])) if labels else (),
         attribution={"method": "none: attribution of the plateau needs the plateau and optimizer checks"},
         run_summary=_summary(run),
         run=run,

@@ -21,10 +21,10 @@ def digits_with_noise(noise_rate: float = 0.2, seed: int = 0) -> tuple[np.ndarra
 
 
 def train_mlp(run_dir: str | Path | None, X: np.ndarray, y: np.ndarray, *, epochs: int = 3, batch_size: int = 32,
-              lr: float = 1e-2, hidden: int = 32, seed: int = 0, loader_kwargs: dict | None = None,
+              lr: float = 1e-2, hidden: int = 32, depth: int = 1, seed: int = 0, loader_kwargs: dict | None = None,
               transform: Callable | None = None, watch: bool = True, clip: float | None = None,
               **tracker_kwargs):
-    """Train a one-hidden-layer MLP on (X, y) with Adam, tracked into run_dir (untracked when None).
+    """Train an MLP with `depth` hidden layers on (X, y) with Adam, tracked into run_dir (untracked when None).
 
     transform(epoch, x) -> x, when given, is applied to each batch after the loader.
     Returns the trained model.
@@ -41,7 +41,9 @@ def train_mlp(run_dir: str | Path | None, X: np.ndarray, y: np.ndarray, *, epoch
     kwargs = {"batch_size": batch_size, "shuffle": True, "generator": torch.Generator().manual_seed(seed)}
     kwargs.update(loader_kwargs or {})
     loader = DataLoader(ds, **kwargs)
-    model = nn.Sequential(nn.Linear(X.shape[1], hidden), nn.ReLU(), nn.Linear(hidden, int(y.max()) + 1))
+    widths = [X.shape[1]] + [hidden] * depth
+    layers = [m for a, b in zip(widths, widths[1:]) for m in (nn.Linear(a, b), nn.ReLU())]
+    model = nn.Sequential(*layers, nn.Linear(widths[-1], int(y.max()) + 1))
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     tracker = dataaudit.Tracker(run_dir, **tracker_kwargs) if run_dir is not None else None
     if tracker is not None:
@@ -80,7 +82,7 @@ def run_demo(out: str | Path = "reports", *, epochs: int = 30, noise_rate: float
     if run_dir.exists():
         shutil.rmtree(run_dir)
     X, y, flipped = digits_with_noise(noise_rate, seed)
-    train_mlp(run_dir, X, y, epochs=epochs, batch_size=64, lr=1e-3, hidden=128, seed=seed)
+    train_mlp(run_dir, X, y, epochs=epochs, batch_size=64, lr=1e-3, hidden=128, depth=2, seed=seed)
     audit = dataaudit.analyze(run_dir)
     audit.write_json(out / "audit.json")
     audit.write_html(out / "audit.html")

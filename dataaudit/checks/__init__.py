@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from dataaudit.checks import coverage
+from dataaudit.checks import coverage, labels
 from dataaudit.checks.base import CheckResult, Finding
 from dataaudit.run import Run
 
@@ -11,6 +11,7 @@ Check = Callable[[Run], CheckResult]
 
 REGISTRY: dict[str, Check] = {
     coverage.NAME: coverage.check,
+    labels.NAME: labels.check,
 }
 
 

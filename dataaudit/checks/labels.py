@@ -1,0 +1,283 @@
+"""Noisy labels: training dynamics fused with confident learning, no extra training needed.
+
+A model fits the clean majority of its data first and memorises wrong labels
+later (Arpit et al., 2017). So the probabilities it gave *before memorising* are
+nearly out-of-sample, and the margins of mislabeled samples stay low for most of
+training (area under the margin, Pleiss et al., 2020). The method:
+
+1. Window: epochs 1..e (epoch 0 starts from random weights). e is chosen where
+   the samples confident learning calls mislabeled are best separated from the
+   rest by their mean margin (a Fisher ratio): late enough that the model has
+   fit the clean samples, before memorisation blurs the two groups.
+2. Confident learning (cleanlab, Northcutt et al., 2021) on the probabilities
+   averaged over the window: class-conditional, it finds systematic flips
+   (class a labelled b) well.
+3. Area under the margin over the window, ranked globally, the top N taken, N
+   being cleanlab's calibrated estimate of the number of label issues: it finds
+   random flips well.
+4. Flagged = union of 2 and 3, most suspicious first (mean rank of both scores).
+
+It stays quiet when the evidence is weak: when the model's predictions agree with
+the given labels hardly better than always guessing the commonest class, or when
+more than half the labels would be called wrong, nothing is flagged and the
+finding says why. And a mislabeled sample is one the model keeps assigning to one
+other class; when, over the window, the flagged samples' predictions wander
+(a model still learning, or hampered by its inputs), only those it consistently
+assigns elsewhere are kept, and the evidence is called moderate.
+"""
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from dataaudit.checks.base import CheckResult, Finding
+from dataaudit.run import Run
+
+NAME = "labels"
+# Below this lift over always guessing the commonest class, the model has not learnt enough to judge labels.
+_MIN_LIFT = 0.2
+# Above this estimated share of wrong labels, the disagreement says more about the model than the labels.
+_MAX_NOISE = 0.5
+# Candidate window ends tried (evenly spread): each costs one confident-learning count.
+_WINDOW_CANDIDATES = 8
+# Mislabeled samples are predicted as their true class nearly every epoch (0.9-1.0 in the runs
+# we measured); below this mean consistency the flagged set is unsettled.
+_MIN_CONSISTENCY = 0.8
+# ...and then only samples assigned to their suggested class this consistently are kept.
+_STRICT_CONSISTENCY = 0.9
+
+
+@dataclass(frozen=True)
+class Dynamics:
+    """Per-sample training dynamics over the complete epochs of a run.
+
+    ids : (n,) sample ids; labels : (n,) given labels (-1 unknown);
+    margin : (n, E) margin per epoch (NaN where the sample was not drawn);
+    pred : (n, E) predicted class per epoch (-1 where not drawn);
+    probs : (E, n, k) predicted probabilities per epoch, or None if not stored.
+    """
+
+    ids: np.ndarray
+    labels: np.ndarray
+    margin: np.ndarray
+    pred: np.ndarray
+    probs: np.ndarray | None
+    epochs: list[int]
+
+
+def check(run: Run) -> CheckResult:
+    split = run.train
+    epochs = split.complete_epochs or split.epochs
+    records = split.records
+    if not epochs or records.empty or (records["label"] < 0).all() or records["margin"].isna().all():
+        return CheckResult.skipped(NAME, "no recorded logits and labels")
+    dynamics = _dynamics(run, epochs)
+    k = run.num_classes or int(dynamics.labels.max()) + 1
+    if k < 2 or len(np.unique(dynamics.labels)) < 2:
+        return CheckResult.skipped(NAME, "the labels hold fewer than two classes")
+    return _compute_label_issues(dynamics, k)
+
+
+def _dynamics(run: Run, epochs: list[int]) -> Dynamics:
+    records = run.train.records
+    records = records[records["epoch"].isin(epochs) & (records["label"] >= 0)]
+    ids, index = np.unique(records["sample_id"].to_numpy(), return_inverse=True)
+    column = np.searchsorted(epochs, records["epoch"].to_numpy())
+    # mean per (sample, epoch): a sample drawn twice in an epoch counts once
+    total = np.zeros((len(ids), len(epochs)))
+    count = np.zeros((len(ids), len(epochs)))
+    np.add.at(total, (index, column), records["margin"].to_numpy(np.float64))
+    np.add.at(count, (index, column), 1)
+    with np.errstate(invalid="ignore"):
+        margin = total / count
+    labels = np.full(len(ids), -1, np.int64)
+    labels[index] = records["label"].to_numpy()
+    pred = np.full((len(ids), len(epochs)), -1, np.int64)
+    pred[index, column] = records["pred"].to_numpy()
+    probs = None
+    k = run.num_classes
+    if k is not None and all(e in run.train.probs_source for e in epochs):
+        probs = np.full((len(epochs), len(ids), k), np.nan, np.float32)
+        for j, e in enumerate(epochs):
+            got = run.train.probs(e)
+            if got is None:
+                probs = None
+                break
+            pid, p = got
+            pos = np.searchsorted(ids, pid)
+            ok = (pos < len(ids)) & (ids[np.minimum(pos, len(ids) - 1)] == pid)
+            probs[j, pos[ok]] = p[ok]
+    return Dynamics(ids, labels, margin, pred, probs, list(epochs))
+
+
+def _compute_label_issues(d: Dynamics, k: int) -> CheckResult:
+    from cleanlab.count import num_label_issues
+    from cleanlab.filter import find_label_issues
+
+    n, n_epochs = d.margin.shape
+    first = 1 if n_epochs > 1 else 0
+    ends = _window_candidates(first, n_epochs)
+    # Per candidate window: probabilities averaged over it, margins averaged over it.
+    best = None
+    for end in ends:
+        pp, aum = _window(d, first, end, k)
+        # without stored probabilities (many classes), the margin alone: negative = model prefers another class
+        n_issues = _count_issues(num_label_issues, d.labels, pp) if pp is not None else int((aum < 0).sum())
+        sep = _separation(aum, n_issues)
+        if best is None or sep > best[0] + 1e-9:
+            best = (sep, end, pp, aum, n_issues)
+    _, end, pp, aum, n_issues = best
+
+    prior_max = np.bincount(d.labels, minlength=k).max() / n
+    agreement = float((pp.argmax(1) == d.labels).mean()) if pp is not None else float((aum > 0).mean())
+    lift = (agreement - prior_max) / max(1 - prior_max, 1e-9)
+    noise_rate = n_issues / n
+    weak = lift < _MIN_LIFT or noise_rate > _MAX_NOISE
+
+    flagged = np.zeros(n, bool)
+    if not weak and n_issues > 0:
+        if pp is not None:
+            with warnings.catch_warnings():  # cleanlab warns about classes with few samples
+                warnings.simplefilter("ignore")
+                flagged |= find_label_issues(d.labels, pp, filter_by="prune_by_noise_rate")
+        flagged[np.argsort(aum, kind="stable")[:n_issues]] = True
+
+    # label quality: the window's probability of the given label (or a squashed margin without probabilities)
+    quality = pp[np.arange(n), d.labels] if pp is not None else 1 / (1 + np.exp(-aum))
+    suggested = _suggest(pp, d.labels) if pp is not None else _modal_other(d.pred[:, first:end], d.labels)
+    # share of window epochs in which the model predicted the suggested class
+    consistency_of = (d.pred[:, first:end] == suggested[:, None]).mean(1)
+    consistency = float(consistency_of[flagged].mean()) if flagged.any() else 1.0
+    settled = consistency >= _MIN_CONSISTENCY
+    if not settled:
+        flagged &= consistency_of >= _STRICT_CONSISTENCY
+    # one suspicion order from both scores: mean rank (0 = most suspicious)
+    suspicion = (_ranks(aum) + _ranks(quality)) / 2
+    order = np.flatnonzero(flagged)[np.argsort(suspicion[flagged], kind="stable")]
+    pairs = _confused_pairs(d.labels[flagged], suggested[flagged])
+
+    window = [d.epochs[first], d.epochs[end - 1]]
+    details = {
+        "label_issues": d.ids[order].tolist(),
+        "n_flagged": int(flagged.sum()),
+        "estimated_noise_rate": round(float(noise_rate), 4),
+        "confused_pairs": pairs,
+        "evidence": "weak" if weak else ("strong" if settled else "moderate"),
+        "consistency": round(consistency, 4),
+        "model_agreement": round(agreement, 4),
+        "lift_over_prior": round(float(lift), 4),
+        "window": window,
+        "method": ("confident learning on probabilities averaged over the window, united with the lowest "
+                   "area under the margin (count: cleanlab's calibrated estimate)") if pp is not None else
+                  "area under the margin over the window below zero (probabilities not stored)",
+    }
+    per_sample = pd.DataFrame({
+        "sample_id": d.ids, "label": d.labels, "suggested_label": suggested, "label_quality": quality,
+        "aum": aum, "flagged": flagged,
+    })
+    findings = _findings(d, order, flagged, noise_rate, pairs, weak, lift, window, n)
+    if not weak and not settled:
+        findings.append(Finding(
+            NAME, "info",
+            f"The model keeps changing its predictions for the samples it disagrees with (they go to the same "
+            f"other class in {consistency:.0%} of epochs, against 90% or more for mislabeled samples): "
+            f"only the {int(flagged.sum())} it consistently assigns elsewhere are listed.",
+            remedy="Fix what holds training back (optimizer, feature scale) and audit the labels again.",
+            evidence={"consistency": round(consistency, 3)}))
+    return CheckResult.from_findings(NAME, findings, score=0.0 if weak else min(1.0, flagged.mean() * 2),
+                                     details=details, per_sample=per_sample)
+
+
+def _window_candidates(first: int, n_epochs: int) -> list[int]:
+    """Window ends (exclusive) to try, from a few epochs in to the last."""
+    lo = min(first + 2, n_epochs)
+    ends = np.unique(np.linspace(lo, n_epochs, num=min(_WINDOW_CANDIDATES, n_epochs - lo + 1)).round().astype(int))
+    return [int(e) for e in ends if e > first] or [n_epochs]
+
+
+def _window(d: Dynamics, first: int, end: int, k: int) -> tuple[np.ndarray | None, np.ndarray]:
+    """(probabilities (n, k) or None if not stored, area under the margin (n,)) averaged over epochs first..end-1."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # samples never drawn in the window
+        aum = np.nanmean(d.margin[:, first:end], axis=1)
+        pp = None if d.probs is None else np.nanmean(d.probs[first:end], axis=0).astype(np.float64)
+    aum = np.where(np.isfinite(aum), aum, 0.0)
+    if pp is None:
+        return None, aum
+    pp = np.where(np.isfinite(pp), pp, 1.0 / k)
+    pp = np.clip(pp, 1e-9, None)
+    return pp / pp.sum(1, keepdims=True), aum
+
+
+def _count_issues(num_label_issues, labels: np.ndarray, pp: np.ndarray) -> int:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return int(num_label_issues(labels, pp, estimation_method="off_diagonal_calibrated"))
+
+
+def _separation(aum: np.ndarray, n_issues: int) -> float:
+    """Fisher ratio between the n_issues lowest margins and the rest (0 when either group is tiny)."""
+    n = len(aum)
+    if n_issues < 5 or n - n_issues < 5:
+        return 0.0
+    order = np.sort(aum)
+    low, high = order[:n_issues], order[n_issues:]
+    pooled = (low.var() * len(low) + high.var() * len(high)) / n
+    return float((high.mean() - low.mean()) / np.sqrt(max(pooled, 1e-12)))
+
+
+def _ranks(x: np.ndarray) -> np.ndarray:
+    return np.argsort(np.argsort(x, kind="stable"), kind="stable").astype(np.float64)
+
+
+def _suggest(pp: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """The most probable class other than the given one when the model prefers it, else the given label."""
+    top = pp.argmax(1)
+    second = np.argsort(pp, axis=1)[:, -2]
+    return np.where(top != labels, top, np.where(pp[np.arange(len(pp)), top] < 0.5, second, top))
+
+
+def _modal_other(pred: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """The class other than the given one predicted most often over the epochs (the given label if none)."""
+    out = labels.copy()
+    other = np.where((pred >= 0) & (pred != labels[:, None]), pred, -1)
+    for i in np.flatnonzero((other >= 0).any(1)):
+        values, counts = np.unique(other[i][other[i] >= 0], return_counts=True)
+        out[i] = values[counts.argmax()]
+    return out
+
+
+def _confused_pairs(given: np.ndarray, suggested: np.ndarray, top: int = 5) -> list[dict]:
+    if len(given) == 0:
+        return []
+    pairs, counts = np.unique(np.stack([given, suggested], 1), axis=0, return_counts=True)
+    order = np.argsort(-counts, kind="stable")[:top]
+    return [{"given": int(pairs[i, 0]), "suggested": int(pairs[i, 1]), "count": int(counts[i])} for i in order]
+
+
+def _findings(d, order, flagged, noise_rate, pairs, weak, lift, window, n) -> list[Finding]:
+    if weak:
+        why = (f"its predictions agree with the given labels hardly better than guessing the commonest class "
+               f"(lift {lift:.2f})" if lift < _MIN_LIFT else
+               f"it would call {noise_rate:.0%} of the labels wrong, more than is plausible")
+        return [Finding(NAME, "info", f"Label quality not judged: the model has learnt too little, {why}.",
+                        remedy="Make training work first (see the optimizer findings), then audit the labels.",
+                        evidence={"lift_over_prior": round(float(lift), 3), "window": window})]
+    count = int(flagged.sum())
+    if count == 0:
+        return []
+    share = count / n
+    severity = "critical" if share > 0.05 else ("warning" if share > 0.01 else "info")
+    pair_text = ", ".join(f"{p['given']}→{p['suggested']} ({p['count']})" for p in pairs[:3])
+    return [Finding(
+        NAME, severity,
+        f"{count} samples ({share:.1%}) look mislabeled; the estimated noise rate is {noise_rate:.1%}"
+        + (f"; most often {pair_text}" if pair_text else "") + ".",
+        remedy="Review and relabel the listed ids (label_issues, most suspicious first), or drop them and retrain; "
+               "with many, consider a noise-robust loss.",
+        evidence={"flagged": count, "estimated_noise_rate": round(float(noise_rate), 4), "window": window,
+                  "confused_pairs": pairs},
+        ids=tuple(int(i) for i in d.ids[order]))]

@@ -1,0 +1,95 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import dataaudit
+from benchmarks.label_cases import load, plant
+from dataaudit.checks import labels
+from dataaudit.run import Run
+from fixtures.training import blobs, train
+
+
+def _f1(found, truth) -> float:
+    found, truth = set(map(int, found)), set(map(int, truth))
+    tp = len(found & truth)
+    return 2 * tp / (len(found) + len(truth)) if found or truth else 1.0
+
+
+@pytest.fixture(scope="module")
+def noisy_blobs(tmp_path_factory):
+    """A tracked run on separable blobs with 25% of labels flipped at random."""
+    X, y = blobs(n=800, d=10, k=4, seed=3)
+    y_noisy, flipped = plant(y, "symmetric", 0.25, seed=3)
+    run_dir = tmp_path_factory.mktemp("labels") / "run"
+    train(run_dir, X, y_noisy, epochs=20, batch_size=64, lr=1e-3, hidden=64, depth=2)
+    return dataaudit.load_run(run_dir), flipped
+
+
+def test_finds_random_flips(noisy_blobs):
+    run, flipped = noisy_blobs
+    result = labels.check(run)
+    found = result.details["label_issues"]
+    assert _f1(found, flipped) > 0.9
+    assert result.status == "critical" and result.details["evidence"] == "strong"
+    assert abs(result.details["estimated_noise_rate"] - 0.25) < 0.08
+    # most suspicious first: the head of the list is almost all truly flipped
+    assert np.isin(found[:50], flipped).mean() > 0.95
+
+
+def test_suggests_the_true_label(noisy_blobs):
+    run, flipped = noisy_blobs
+    X, y = blobs(n=800, d=10, k=4, seed=3)
+    per_sample = labels.check(run).per_sample.set_index("sample_id")
+    hits = per_sample.loc[flipped]
+    assert (hits["suggested_label"].to_numpy() == y[flipped]).mean() > 0.9
+    assert hits["label_quality"].mean() < per_sample.drop(index=flipped)["label_quality"].mean() - 0.4
+
+
+def test_systematic_flips_are_found_and_named(tmp_path):
+    X, y = load("wine")
+    y_noisy, flipped = plant(y, "pairwise", 0.25, seed=0)
+    train(tmp_path / "run", X, y_noisy, epochs=40, batch_size=32, lr=1e-3, hidden=64, depth=2)
+    result = labels.check(dataaudit.load_run(tmp_path / "run"))
+    assert _f1(result.details["label_issues"], flipped) > 0.8
+    top = result.details["confused_pairs"][0]
+    assert top["suggested"] == (top["given"] - 1) % 3     # c was relabelled c + 1
+
+
+def test_clean_data_flags_few(tmp_path):
+    X, y = blobs(n=600, d=10, k=4, seed=5)
+    train(tmp_path / "run", X, y, epochs=15, batch_size=64, lr=1e-3, hidden=64, depth=2)
+    result = labels.check(dataaudit.load_run(tmp_path / "run"))
+    assert len(result.details["label_issues"]) <= 0.02 * 600
+
+
+def test_a_model_that_learnt_nothing_flags_nothing():
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 5, 500)
+    probs = rng.dirichlet(np.ones(5) * 50, size=500)   # near-uniform: no information
+    result = labels.check(Run.from_arrays(y, probs))
+    assert result.details["label_issues"] == [] and result.details["evidence"] == "weak"
+    assert "learnt too little" in result.findings[0].summary
+
+
+def test_out_of_sample_probabilities_from_scan():
+    rng = np.random.default_rng(1)
+    y = rng.integers(0, 3, 300)
+    probs = np.full((300, 3), 0.05)
+    probs[np.arange(300), y] = 0.9
+    wrong = np.arange(0, 300, 10)
+    probs[wrong] = 0.05
+    probs[wrong, (y[wrong] + 1) % 3] = 0.9
+    result = labels.check(Run.from_arrays(y, probs))
+    assert sorted(result.details["label_issues"]) == wrong.tolist()
+    assert all(p["suggested"] == (p["given"] + 1) % 3 for p in result.details["confused_pairs"])
+
+
+def test_without_logits_the_check_is_skipped(run_dir):
+    X, y = blobs(n=100)
+    import torch
+    from torch.utils.data import DataLoader, TensorDataset
+    with dataaudit.Tracker(run_dir) as tracker:
+        for x, t in tracker.wrap(DataLoader(TensorDataset(torch.from_numpy(X), torch.from_numpy(y)), batch_size=20)):
+            tracker.record(torch.zeros(len(x)), targets=t)
+    assert labels.check(dataaudit.load_run(run_dir)).status == "skipped"
