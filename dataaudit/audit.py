@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from dataaudit import store
+from dataaudit.attribution import attribute
 from dataaudit.checks import REGISTRY, CheckResult, Finding, get_check
 from dataaudit.run import Run, load_run
 
@@ -88,12 +89,15 @@ def analyze(run: str | Path | Run, *, checks: Iterable[str] | None = None) -> Au
     names = list(REGISTRY) if checks is None else list(checks)
     results = {name: get_check(name)(run) for name in names}
     labels = results.get("labels")
+    attribution = attribute(run, results)
+    plateau = results.get("plateau")
     return Audit(
-        verdict="none",
-        data_share=0.0,
+        verdict=attribution.verdict,
+        data_share=attribution.data_share,
         results=results,
+        plateau=dict(plateau.details) if plateau is not None else {"detected": False, "onset_epoch": None},
         label_issues=tuple(labels.details.get("label_issues", [])) if labels else (),
-        attribution={"method": "none: attribution of the plateau needs the plateau and optimizer checks"},
+        attribution={**attribution.details, "verdict": attribution.verdict, "data_share": attribution.data_share},
         run_summary=_summary(run),
         run=run,
     )

@@ -42,7 +42,7 @@ def train_mlp(run_dir: str | Path | None, X: np.ndarray, y: np.ndarray, *, epoch
     kwargs.update(loader_kwargs or {})
     loader = DataLoader(ds, **kwargs)
     widths = [X.shape[1]] + [hidden] * depth
-    layers = [m for a, b in zip(widths, widths[1:]) for m in (nn.Linear(a, b), nn.ReLU())]
+    layers = [m for a, b in zip(widths, widths[1:], strict=False) for m in (nn.Linear(a, b), nn.ReLU())]
     model = nn.Sequential(*layers, nn.Linear(widths[-1], int(y.max()) + 1))
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     tracker = dataaudit.Tracker(run_dir, **tracker_kwargs) if run_dir is not None else None
