@@ -25,7 +25,8 @@ def lint(session: nox.Session) -> None:
 
 @nox.session(python="3.11")
 def bench(session: nox.Session) -> None:
-    """Speed and memory figures: tracker overhead (more benchmarks join as checks land)."""
+    """Speed and quality figures: tracker overhead, label-issue precision/recall/F1 against cleanlab."""
     session.install(TORCH)
     session.install("-e", ".[test]")
-    session.run("python", "benchmarks/bench_overhead.py", *session.posargs)
+    session.run("python", "benchmarks/bench_overhead.py")
+    session.run("python", "benchmarks/bench_labels.py", *session.posargs)

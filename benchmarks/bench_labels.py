@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.label_cases import Case, cleanlab_standard, prf, run_case  # noqa: E402
+from fixtures.label_noise import Case, cleanlab_standard, prf, run_case  # noqa: E402
 
 CASES = [
     Case("digits", "symmetric", 0.2), Case("digits", "symmetric", 0.4), Case("digits", "pairwise", 0.2),

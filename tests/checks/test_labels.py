@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 import dataaudit
-from benchmarks.label_cases import load, plant
+from fixtures.label_noise import load, plant
 from dataaudit.checks import labels
 from dataaudit.run import Run
 from fixtures.training import blobs, train
