@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from dataaudit.checks import coverage, labels
+from dataaudit.checks import class_imbalance, coverage, drift, feature_scale, labels
 from dataaudit.checks.base import CheckResult, Finding
 from dataaudit.run import Run
 
@@ -12,6 +12,9 @@ Check = Callable[[Run], CheckResult]
 REGISTRY: dict[str, Check] = {
     coverage.NAME: coverage.check,
     labels.NAME: labels.check,
+    drift.NAME: drift.check,
+    class_imbalance.NAME: class_imbalance.check,
+    feature_scale.NAME: feature_scale.check,
 }
 
 
