@@ -5,12 +5,17 @@ Method (also in the README and the report):
 1. The plateau level L is the mean training loss over the plateau epochs (from
    the plateau check's onset to the end; the last third of training when no
    plateau was found).
-2. Label share: over those epochs, the loss the flagged (suspected mislabeled)
-   samples add above what the rest of the data averages,
-   ``share_labels = (L - L_rest) / L``, where L_rest is the mean loss of the
-   unflagged samples. It is the part of the plateau that would go if those
-   labels were fixed and the rest trained as it does. A 90% bootstrap interval
-   over samples goes with it.
+2. Label share, the larger of two estimates, with a 90% bootstrap interval over
+   samples:
+   - measured: ``(L - L_rest) / L``, where L_rest is the mean loss of the
+     unflagged samples: what the flagged samples add above the rest;
+   - the floor wrong labels impose: even a perfect model cannot go below the
+     conditional entropy of the given labels given the true ones,
+     ``H = sum_c p(c) H(given | true = c)``, estimated from the flagged samples
+     and their suggested labels; ``min(1, H / L)``. It counts what noise does
+     to the clean samples too (it keeps the model from being confident on any
+     sample), which the measured split misses. It presumes a model that fit its
+     clean samples, so it is left out when an optimizer signal fires.
 3. Other data faults have no per-sample loss to split, so they enter as
    evidence, not as a decomposition: a critical finding of the feature-scale,
    class-imbalance, drift or coverage check makes the data share at least 0.5,
@@ -67,16 +72,15 @@ def attribute(run: Run, results: dict[str, CheckResult], *, seed: int = 0) -> At
     per_sample = window.groupby("sample_id")["loss"].mean()
     first = records[records["epoch"] == epochs[0]]["loss"].mean()
 
-    flagged = _flagged(results)
-    is_flagged = per_sample.index.isin(list(flagged))
+    given, suggested, is_flagged = _label_table(results, per_sample.index.to_numpy())
     losses = per_sample.to_numpy()
     level = float(losses.mean()) if len(losses) else 0.0
     rest = float(losses[~is_flagged].mean()) if (~is_flagged).any() else 0.0
-    label_share, interval = _label_share(losses, is_flagged, seed)
-
     signals = list(results["optimizer"].details.get("signals", [])) if "optimizer" in results else []
     rest_converged = rest <= _CONVERGED * max(first, 1e-12)
     stuck = bool(signals) or (detected and not rest_converged)
+    # The noise floor presumes a model that fit its clean samples; a stuck one may flag hard, not wrong, ones.
+    label_share, interval = _label_share(losses, is_flagged, given, suggested, seed, noise_floor=not signals)
     evidence = {}
     for name in _DATA_CHECKS:
         result = results.get(name)
@@ -90,6 +94,7 @@ def attribute(run: Run, results: dict[str, CheckResult], *, seed: int = 0) -> At
 
     if (not detected or state == "converged") and not data_finding and not signals:
         verdict = "none"
+        data_share, interval = 0.0, (0.0, 0.0)  # no plateau: nothing to share out
     elif data_share >= 0.6 and not stuck:
         verdict = "data"
     elif data_share <= 0.3 and (stuck or not data_finding):
@@ -98,10 +103,12 @@ def attribute(run: Run, results: dict[str, CheckResult], *, seed: int = 0) -> At
         verdict = "mixed"
 
     details = {
-        "method": "data share = (plateau loss - loss of the unflagged samples) / plateau loss over the plateau "
-                  "epochs, at least 0.5 (0.25) for a critical (warning) finding of the feature-scale, "
+        "method": "data share over the plateau epochs = the larger of (plateau loss - loss of the unflagged "
+                  "samples) / plateau loss and (entropy of the given labels given the suggested ones) / plateau "
+                  "loss; at least 0.5 (0.25) for a critical (warning) finding of the feature-scale, "
                   "class-imbalance, drift or coverage checks; the optimisation side is implicated by optimizer "
                   "signals or an unconverged clean remainder",
+        "label_noise_entropy": round(_noise_entropy(given, suggested, is_flagged), 4),
         "plateau_epochs": [int(start), int(epochs[-1])],
         "plateau_loss": round(level, 4),
         "unflagged_loss": round(rest, 4),
@@ -117,27 +124,56 @@ def attribute(run: Run, results: dict[str, CheckResult], *, seed: int = 0) -> At
     return Attribution(verdict, round(data_share, 4), interval, details)
 
 
-def _flagged(results: dict[str, CheckResult]) -> set[int]:
+def _label_table(results: dict[str, CheckResult], ids: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per sample of `ids`: given label, suggested label, flagged (from the labels check)."""
     labels = results.get("labels")
-    if labels is None:
-        return set()
-    return set(int(i) for i in labels.details.get("label_issues", []))
+    table = labels.per_sample if labels is not None else None
+    if table is None or table.empty:
+        zeros = np.zeros(len(ids), np.int64)
+        return zeros, zeros, np.zeros(len(ids), bool)
+    table = table.set_index("sample_id").reindex(ids)
+    flagged = table["flagged"].fillna(False).to_numpy(bool)
+    given = table["label"].fillna(-1).to_numpy(np.int64)
+    suggested = table["suggested_label"].fillna(-1).to_numpy(np.int64)
+    return given, suggested, flagged
 
 
-def _label_share(losses: np.ndarray, flagged: np.ndarray, seed: int, draws: int = 200) -> tuple[float, tuple]:
-    """(L - L_rest) / L and its 90% bootstrap interval over samples."""
+def _noise_entropy(given: np.ndarray, suggested: np.ndarray, flagged: np.ndarray) -> float:
+    """H(given | true) in nats, the true label taken as the suggested one for flagged samples."""
+    true = np.where(flagged, suggested, given)
+    ok = (true >= 0) & (given >= 0)
+    if not ok.any():
+        return 0.0
+    true, given = true[ok], given[ok]
+    k = int(max(true.max(), given.max())) + 1
+    joint = np.zeros((k, k))
+    np.add.at(joint, (true, given), 1)
+    joint /= joint.sum()
+    p_true = joint.sum(1, keepdims=True)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        cond = np.where(joint > 0, joint / p_true, 1.0)
+        return float(-(joint * np.log(cond)).sum())
+
+
+def _label_share(losses: np.ndarray, flagged: np.ndarray, given: np.ndarray, suggested: np.ndarray, seed: int,
+                 *, noise_floor: bool = True, draws: int = 200) -> tuple[float, tuple]:
+    """The label share (see the module docstring) and its 90% bootstrap interval over samples."""
     if not len(losses) or not flagged.any() or losses.sum() <= 0:
         return 0.0, (0.0, 0.0)
 
-    def share(x: np.ndarray, f: np.ndarray) -> float:
+    def share(x: np.ndarray, f: np.ndarray, g: np.ndarray, s: np.ndarray) -> float:
         total = x.mean()
+        if total <= 0:
+            return 0.0
         rest = x[~f].mean() if (~f).any() else 0.0
-        return float(np.clip((total - rest) / total, 0.0, 1.0)) if total > 0 else 0.0
+        floor = _noise_entropy(g, s, f) / total if noise_floor else 0.0
+        return float(np.clip(max((total - rest) / total, floor), 0.0, 1.0))
 
     rng = np.random.default_rng(seed)
     if len(losses) > 20000:  # a subsample keeps the bootstrap cheap; its interval is, if anything, wider
         keep = rng.choice(len(losses), 20000, replace=False)
-        losses, flagged = losses[keep], flagged[keep]
+        losses, flagged, given, suggested = losses[keep], flagged[keep], given[keep], suggested[keep]
     picks = rng.integers(0, len(losses), size=(draws, len(losses)))
-    boot = [share(losses[p], flagged[p]) for p in picks]
-    return share(losses, flagged), (float(np.quantile(boot, 0.05)), float(np.quantile(boot, 0.95)))
+    boot = [share(losses[p], flagged[p], given[p], suggested[p]) for p in picks]
+    return share(losses, flagged, given, suggested), (float(np.quantile(boot, 0.05)),
+                                                      float(np.quantile(boot, 0.95)))

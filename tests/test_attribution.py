@@ -26,13 +26,22 @@ def _run(loss_by_epoch: np.ndarray) -> Run:
 def _results(*, plateau=True, state="plateau", onset=5, flagged=(), signals=(), **statuses) -> dict:
     results = {
         "plateau": CheckResult("plateau", "info", 0.5, {"detected": plateau, "onset_epoch": onset, "state": state}),
-        "labels": CheckResult("labels", "critical" if flagged else "ok", 0.5, {"label_issues": list(flagged)}),
+        "labels": CheckResult("labels", "critical" if flagged else "ok", 0.5, {"label_issues": list(flagged)},
+                              per_sample=_label_table(flagged)),
         "optimizer": CheckResult("optimizer", "warning" if signals else "ok", 0.5, {"signals": list(signals)}),
     }
     for name, status in statuses.items():
         findings = (Finding(name, status, "something"),) if status != "ok" else ()
         results[name] = CheckResult(name, status, 0.5, {}, findings)
     return results
+
+
+def _label_table(flagged, n=100) -> pd.DataFrame:
+    """Labels check output for n samples of 2 classes; the flagged ones suggest the other class."""
+    label = np.arange(n) % 2
+    is_flagged = np.isin(np.arange(n), list(flagged))
+    return pd.DataFrame({"sample_id": np.arange(n), "label": label,
+                         "suggested_label": np.where(is_flagged, 1 - label, label), "flagged": is_flagged})
 
 
 def _plateau_losses(n=100, epochs=10, noisy=30, noisy_loss=3.0, rest_loss=0.01):
@@ -77,5 +86,20 @@ def test_a_data_finding_without_per_sample_losses_counts_as_evidence():
 def test_label_share_interval_brackets_the_estimate(rng):
     losses = np.concatenate([rng.exponential(3.0, 50), rng.exponential(0.1, 450)])
     flagged = np.arange(500) < 50
-    share, (lo, hi) = _label_share(losses, flagged, seed=0)
+    labels = np.zeros(500, int)
+    share, (lo, hi) = _label_share(losses, flagged, labels, labels + 1, seed=0)
     assert lo < share < hi and 0.7 < share < 1.0
+
+
+def test_noise_floor_counts_what_noise_does_to_clean_samples():
+    # 30% of labels flipped: the clean samples' loss is held up too (an ideal model is only 70% sure)
+    from dataaudit.attribution import _noise_entropy
+    n = 1000
+    true = np.arange(n) % 2
+    flagged = np.arange(n) < 300
+    given = np.where(flagged, 1 - true, true)
+    h = _noise_entropy(given, true, flagged)
+    assert h == pytest.approx(-(0.7 * np.log(0.7) + 0.3 * np.log(0.3)), abs=0.01)
+    losses = np.where(flagged, 1.2, 0.36)   # what such a model pays
+    share, _ = _label_share(losses, flagged, given, true, seed=0)
+    assert share > 0.95
