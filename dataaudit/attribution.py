@@ -21,8 +21,9 @@ Method (also in the README and the report):
    class-imbalance, drift or coverage check makes the data share at least 0.5,
    a warning at least 0.25 (the method says so in audit.json).
 4. The optimisation side is implicated when the optimizer check raises a signal,
-   or when the clean remainder has not converged (L_rest stays well above zero
-   while the model has stopped improving). The label share already counts only
+   or when a plateau's clean remainder has not converged: L_rest stays above what
+   the label noise alone leaves on clean samples (about -ln(1 - rho) for a share
+   rho of wrong labels, with slack) plus 5% of the first epoch's loss. The label share already counts only
    what flagged samples add beyond the remainder's own misfit, so samples that
    are merely hard for a stuck model do not count as the data's fault (and the
    label check itself flags nothing when the model learnt too little).
@@ -77,10 +78,18 @@ def attribute(run: Run, results: dict[str, CheckResult], *, seed: int = 0) -> At
     level = float(losses.mean()) if len(losses) else 0.0
     rest = float(losses[~is_flagged].mean()) if (~is_flagged).any() else 0.0
     signals = list(results["optimizer"].details.get("signals", [])) if "optimizer" in results else []
-    rest_converged = rest <= _CONVERGED * max(first, 1e-12)
+    # Label noise keeps even an ideal model unsure of the clean samples: with a share rho of labels
+    # wrong it gives the true class about 1 - rho, a loss of -ln(1 - rho) on each clean sample.
+    rho = float(is_flagged.mean()) if len(is_flagged) else 0.0
+    clean_floor = -np.log(max(1.0 - rho, 1e-6))
+    rest_converged = rest <= _CONVERGED * max(first, 1e-12) + 1.5 * clean_floor
     stuck = bool(signals) or (detected and not rest_converged)
     # The noise floor presumes a model that fit its clean samples; a stuck one may flag hard, not wrong, ones.
-    label_share, interval = _label_share(losses, is_flagged, given, suggested, seed, noise_floor=not signals)
+    label_result = results.get("labels")
+    if label_result is not None and label_result.status in _EVIDENCE_FLOOR:
+        label_share, interval = _label_share(losses, is_flagged, given, suggested, seed, noise_floor=not signals)
+    else:  # a handful of flagged samples (an info finding) is no share of a plateau
+        label_share, interval = 0.0, (0.0, 0.0)
     evidence = {}
     for name in _DATA_CHECKS:
         result = results.get(name)
@@ -89,7 +98,6 @@ def attribute(run: Run, results: dict[str, CheckResult], *, seed: int = 0) -> At
     floor = max((_EVIDENCE_FLOOR[s] for s in evidence.values()), default=0.0)
     data_share = float(np.clip(max(label_share, floor), 0.0, 1.0))
     interval = (float(max(interval[0], floor)), float(max(interval[1], floor)))
-    label_result = results.get("labels")
     data_finding = bool(evidence) or (label_result is not None and label_result.status in _EVIDENCE_FLOOR)
 
     if (not detected or state == "converged") and not data_finding and not signals:

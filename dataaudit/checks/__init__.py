@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from dataaudit.checks import class_imbalance, coverage, drift, feature_scale, labels
+from dataaudit.checks import class_imbalance, coverage, drift, feature_scale, labels, optimizer, plateau
 from dataaudit.checks.base import CheckResult, Finding
 from dataaudit.run import Run
 
@@ -15,6 +15,8 @@ REGISTRY: dict[str, Check] = {
     drift.NAME: drift.check,
     class_imbalance.NAME: class_imbalance.check,
     feature_scale.NAME: feature_scale.check,
+    plateau.NAME: plateau.check,
+    optimizer.NAME: optimizer.check,
 }
 
 

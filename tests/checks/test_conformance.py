@@ -25,7 +25,8 @@ def runs(tmp_path_factory) -> dict[str, Run]:
     return {
         "tracked": dataaudit.load_run(root / "tracked"),
         "empty": dataaudit.load_run(root / "empty"),
-        "one_class": Run.from_arrays(np.zeros(50, int), rng.dirichlet(np.ones(3), 50), features=rng.normal(size=(50, 4))),
+        "one_class": Run.from_arrays(np.zeros(50, int), rng.dirichlet(np.ones(3), 50),
+                                     features=rng.normal(size=(50, 4))),
         "scan": Run.from_arrays(y, rng.dirichlet(np.ones(3), N), features=X),
     }
 

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 
 import dataaudit
-from fixtures.label_noise import load, plant
 from dataaudit.checks import labels
 from dataaudit.run import Run
+from fixtures.label_noise import load, plant
 from fixtures.training import blobs, train
 
 
