@@ -16,15 +16,6 @@ from dataaudit.track.sketch import hash_ids
 from fixtures.training import blobs, train
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # A tiny MLP trains fastest on one thread; more only spin against each other on a busy CPU.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def digits():
     from sklearn.datasets import load_digits

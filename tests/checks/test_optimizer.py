@@ -28,15 +28,6 @@ from dataaudit.run import Run
 STEPS_PER_EPOCH = 20
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # A tiny MLP trains fastest on one thread; more only spin against each other on a busy CPU.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 # ---------------------------------------------------------------- learning-rate schedules
 
 

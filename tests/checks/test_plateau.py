@@ -21,15 +21,6 @@ from dataaudit.checks.plateau import (
 from dataaudit.run import Run
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # A tiny MLP trains fastest on one thread; more only spin against each other on a busy CPU.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _curve(loss, **kwargs) -> dict:
     loss = np.asarray(loss, dtype=np.float64)
     return _compute_curve(np.arange(len(loss)), loss, **kwargs)
