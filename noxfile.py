@@ -28,5 +28,7 @@ def bench(session: nox.Session) -> None:
     """Speed and quality figures: tracker overhead, label-issue precision/recall/F1 against cleanlab."""
     session.install(TORCH)
     session.install("-e", ".[test]")
+    session.run("python", "-c", "import time; t = time.perf_counter(); import dataaudit; "
+                "print(f'import dataaudit: {time.perf_counter() - t:.2f} s (target < 1 s)')")
     session.run("python", "benchmarks/bench_overhead.py")
     session.run("python", "benchmarks/bench_labels.py", *session.posargs)
