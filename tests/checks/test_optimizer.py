@@ -7,9 +7,6 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-import torch.nn.functional as F
-from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
 
 import dataaudit
 from dataaudit.checks import optimizer
@@ -24,6 +21,7 @@ from dataaudit.checks.optimizer import (
     _compute_update_ratio,
 )
 from dataaudit.run import Run
+from fixtures.training import blobs, train, train_loop
 
 STEPS_PER_EPOCH = 20
 
@@ -239,75 +237,23 @@ def _standardized(name: str) -> tuple[np.ndarray, np.ndarray]:
     return ((X - X.mean(0)) / X.std(0)).astype(np.float32), y.astype(np.int64)
 
 
-def _train(run_dir, X, y, *, epochs, opt="sgd", lr=0.05, momentum=0.9, weight_decay=0.0, cut=None, clip=None,
-           schedule=None, freeze=False, nan_every=None, inf_every=None, hidden=64, batch_size=64):
-    """A tracked training loop as a user writes it (see zoo.train).
-
-    cut=(epoch, factor) multiplies the lr at that epoch; schedule is "cosine" or a StepLR step size;
-    freeze turns requires_grad off on the first layer (still in the optimizer); nan_every records a NaN loss
-    for one sample of every n-th batch; inf_every trains under a GradScaler with an inf loss every n-th batch.
-    """
-    torch.manual_seed(0)
-    loader = DataLoader(TensorDataset(torch.from_numpy(X), torch.from_numpy(y)), batch_size=batch_size,
-                        shuffle=True, generator=torch.Generator().manual_seed(0))
-    model = nn.Sequential(nn.Linear(X.shape[1], hidden), nn.ReLU(), nn.Linear(hidden, int(y.max()) + 1))
-    if freeze:
-        model[0].requires_grad_(False)
-    o = (torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay) if opt == "adam"
-         else torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay))
-    sched = (torch.optim.lr_scheduler.CosineAnnealingLR(o, T_max=epochs) if schedule == "cosine" else
-             torch.optim.lr_scheduler.StepLR(o, step_size=schedule, gamma=0.1) if schedule else None)
-    scaler = torch.amp.GradScaler("cpu") if inf_every else None
-    with dataaudit.Tracker(run_dir) as tracker:
-        loader = tracker.wrap(loader)
-        tracker.watch(o, model=model, scaler=scaler, every=2)
-        batch = 0
-        for epoch in range(epochs):
-            if cut is not None and epoch == cut[0]:
-                for g in o.param_groups:
-                    g["lr"] *= cut[1]
-            for xb, yb in loader:
-                logits = model(xb)
-                losses = F.cross_entropy(logits, yb, reduction="none")
-                recorded = losses
-                if nan_every and batch % nan_every == 0:
-                    recorded = losses.detach().clone()
-                    recorded[0] = float("nan")
-                tracker.record(recorded, logits=logits, targets=yb)
-                o.zero_grad()
-                loss = losses.mean()
-                if scaler is not None:
-                    scaler.scale(loss * (math.inf if batch % inf_every == 0 else 1.0)).backward()
-                    scaler.step(o)
-                    scaler.update()
-                else:
-                    loss.backward()
-                    if clip is not None:
-                        nn.utils.clip_grad_norm_(model.parameters(), clip)
-                    o.step()
-                batch += 1
-            if sched is not None:
-                sched.step()
-    return dataaudit.load_run(run_dir)
-
-
 # The scenarios of the brief, scaled down to a few seconds: (data, training options).
 SICK = {
     "lr_cut_2000x": ("digits", {"epochs": 10, "cut": (2, 0.0005)}, "lr_collapsed"),
     "strict_clipping": ("digits", {"epochs": 6, "clip": 1e-3, "momentum": 0.0}, "clipping_always"),
-    "frozen_first_layer": ("digits", {"epochs": 4, "opt": "adam", "lr": 1e-2, "freeze": True}, "frozen_layers"),
-    "nan_losses": ("digits", {"epochs": 3, "opt": "adam", "lr": 1e-2, "nan_every": 3}, "nonfinite_loss"),
-    "amp_overflow": ("digits", {"epochs": 4, "opt": "adam", "lr": 1e-2, "inf_every": 4}, "amp_steps_skipped"),
+    "frozen_first_layer": ("digits", {"epochs": 4, "optimizer": "adam", "lr": 1e-2, "freeze": True}, "frozen_layers"),
+    "nan_losses": ("digits", {"epochs": 3, "optimizer": "adam", "lr": 1e-2, "nan_every": 3}, "nonfinite_loss"),
+    "amp_overflow": ("digits", {"epochs": 4, "optimizer": "adam", "lr": 1e-2, "inf_every": 4}, "amp_steps_skipped"),
     "lr_3": ("digits", {"epochs": 6, "lr": 3.0}, "lr_too_high"),
     "lr_30": ("digits", {"epochs": 6, "lr": 30.0}, "diverged"),
 }
 HEALTHY = {
-    "adam": ("digits", {"epochs": 10, "opt": "adam", "lr": 1e-2}),
-    "noisy_adam_wd": ("noisy_digits", {"epochs": 10, "opt": "adam", "lr": 1e-3, "weight_decay": 1e-4}),
+    "adam": ("digits", {"epochs": 10, "optimizer": "adam", "lr": 1e-2}),
+    "noisy_adam_wd": ("noisy_digits", {"epochs": 10, "optimizer": "adam", "lr": 1e-3, "weight_decay": 1e-4}),
     "cosine_to_zero": ("digits", {"epochs": 10, "schedule": "cosine"}),
     "step_lr_every_3_of_10": ("digits", {"epochs": 10, "schedule": 3}),   # 1000x below the peak at the end
-    "wine_adam": ("wine", {"epochs": 20, "opt": "adam", "lr": 1e-2, "batch_size": 32}),
-    "breast_cancer_adam": ("breast_cancer", {"epochs": 10, "opt": "adam", "lr": 1e-3, "batch_size": 32}),
+    "wine_adam": ("wine", {"epochs": 20, "optimizer": "adam", "lr": 1e-2, "batch_size": 32}),
+    "breast_cancer_adam": ("breast_cancer", {"epochs": 10, "optimizer": "adam", "lr": 1e-3, "batch_size": 32}),
 }
 
 
@@ -326,7 +272,8 @@ def runs(tmp_path_factory) -> dict[str, Run]:
     torch.set_num_threads(1)
     try:
         cases = {name: (data, kwargs) for name, (data, kwargs, *_) in {**SICK, **HEALTHY}.items()}
-        return {name: _train(root / name, *_data(data), **kwargs) for name, (data, kwargs) in cases.items()}
+        return {name: train_loop(root / name, *_data(data), every=2, record_inputs=False, **kwargs)
+                for name, (data, kwargs) in cases.items()}
     finally:
         torch.set_num_threads(before)
 
@@ -378,7 +325,6 @@ def test_nonfinite_losses_are_counted(runs):
 
 
 def test_without_telemetry_the_check_is_skipped_with_no_signals(run_dir):
-    from fixtures.training import blobs, train
     X, y = blobs(n=60)
     train(run_dir, X, y, epochs=1, watch=False)
     for run in (dataaudit.load_run(run_dir), Run.from_arrays(np.array([0, 1]), np.array([[0.9, 0.1], [0.2, 0.8]]))):

@@ -4,10 +4,6 @@ import json
 
 import numpy as np
 import pytest
-import torch
-import torch.nn.functional as F
-from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
 
 import dataaudit
 from dataaudit.checks import plateau
@@ -19,6 +15,7 @@ from dataaudit.checks.plateau import (
     _median3,
 )
 from dataaudit.run import Run
+from fixtures.training import blobs, train_loop
 
 
 def _curve(loss, **kwargs) -> dict:
@@ -197,53 +194,9 @@ def _digits(n: int, noise: float = 0.0, seed: int = 0) -> tuple[np.ndarray, np.n
     return X, y
 
 
-def _train(run_dir, X, y, *, epochs, optimizer="sgd", lr=0.05, momentum=0.9, cut=None, clip=None,
-           hidden=64, batch_size=64, val=None, nan_every=None):
-    """A tracked training loop as a user writes it (see zoo.train); cut=(epoch, factor) multiplies the
-    learning rate at that epoch; nan_every records a NaN loss for one sample of every n-th batch."""
-    torch.manual_seed(0)
-    loader = DataLoader(TensorDataset(torch.from_numpy(X), torch.from_numpy(y)), batch_size=batch_size,
-                        shuffle=True, generator=torch.Generator().manual_seed(0))
-    model = nn.Sequential(nn.Linear(X.shape[1], hidden), nn.ReLU(), nn.Linear(hidden, int(y.max()) + 1))
-    opt = (torch.optim.Adam(model.parameters(), lr=lr) if optimizer == "adam"
-           else torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum))
-    with dataaudit.Tracker(run_dir) as tracker:
-        loader = tracker.wrap(loader)
-        tracker.watch(opt, model=model)
-        val_loader = None
-        if val is not None:
-            val_ds = TensorDataset(torch.from_numpy(val[0]), torch.from_numpy(val[1]))
-            val_loader = tracker.wrap(DataLoader(val_ds, batch_size=256), split="val")
-        batch = 0
-        for epoch in range(epochs):
-            if cut is not None and epoch == cut[0]:
-                for g in opt.param_groups:
-                    g["lr"] *= cut[1]
-            for xb, yb in loader:
-                logits = model(xb)
-                losses = F.cross_entropy(logits, yb, reduction="none")
-                recorded = losses
-                if nan_every and batch % nan_every == 0:
-                    recorded = losses.detach().clone()
-                    recorded[0] = float("nan")
-                tracker.record(recorded, logits=logits, targets=yb, inputs=xb)
-                opt.zero_grad()
-                losses.mean().backward()
-                if clip is not None:
-                    nn.utils.clip_grad_norm_(model.parameters(), clip)
-                opt.step()
-                batch += 1
-            if val_loader is not None:
-                with torch.no_grad():
-                    for xb, yb in val_loader:
-                        logits = model(xb)
-                        tracker.record(F.cross_entropy(logits, yb, reduction="none"), logits=logits, targets=yb)
-    return dataaudit.load_run(run_dir)
-
-
 def test_a_learning_rate_cut_to_nothing_plateaus_from_the_cut(run_dir):
     X, y = _digits(600)
-    result = plateau.check(_train(run_dir, X, y, epochs=10, cut=(2, 0.0005)))
+    result = plateau.check(train_loop(run_dir, X, y, epochs=10, cut=(2, 0.0005)))
     d = result.details
     assert d["detected"] and d["state"] == "plateau"
     assert d["onset_epoch"] == 2                     # the first epoch trained at the tiny learning rate
@@ -253,15 +206,14 @@ def test_a_learning_rate_cut_to_nothing_plateaus_from_the_cut(run_dir):
 
 def test_strict_clipping_is_flat_from_the_start(run_dir):
     X, y = _digits(600)
-    d = plateau.check(_train(run_dir, X, y, epochs=6, clip=1e-3, momentum=0.0)).details
+    d = plateau.check(train_loop(run_dir, X, y, epochs=6, clip=1e-3, momentum=0.0)).details
     assert d["detected"] and d["onset_epoch"] == 0
     assert d["level"] > 2.0
 
 
 def test_a_clean_run_converges_and_is_not_a_plateau(run_dir):
-    from fixtures.training import blobs
     X, y = blobs(n=300, d=8, k=3)
-    result = plateau.check(_train(run_dir, X, y, epochs=6, optimizer="adam", lr=1e-2, batch_size=32))
+    result = plateau.check(train_loop(run_dir, X, y, epochs=6, optimizer="adam", lr=1e-2, batch_size=32))
     assert result.details["state"] == "converged" and not result.details["detected"]
     assert result.details["onset_epoch"] is None and result.status == "info"
 
@@ -269,7 +221,7 @@ def test_a_clean_run_converges_and_is_not_a_plateau(run_dir):
 def test_a_validation_split_shows_overfitting(run_dir):
     X, y = _digits(500)
     _, noisy = _digits(500, noise=0.4)
-    run = _train(run_dir, X[:200], noisy[:200], epochs=20, optimizer="adam", lr=2e-2, hidden=256, batch_size=50,
+    run = train_loop(run_dir, X[:200], noisy[:200], epochs=20, optimizer="adam", lr=2e-2, hidden=256, batch_size=50,
                  val=(X[300:], y[300:]))
     d = plateau.check(run).details
     assert len(d["val_loss"]) == 20 and len(d["train_loss"]) == 20
@@ -279,7 +231,7 @@ def test_a_validation_split_shows_overfitting(run_dir):
 
 def test_nan_losses_are_left_out_of_the_epoch_means(run_dir):
     X, y = _digits(300)
-    run = _train(run_dir, X, y, epochs=5, optimizer="adam", lr=1e-2, nan_every=2)
+    run = train_loop(run_dir, X, y, epochs=5, optimizer="adam", lr=1e-2, nan_every=2)
     table = plateau.epoch_losses(run.train)
     assert np.isfinite(table["loss"]).all() and (table["nonfinite"] > 0).all()
     assert plateau.check(run).details["state"] != "diverging"
