@@ -33,7 +33,7 @@ import numpy as np
 import pandas as pd
 
 from dataaudit.checks.base import CheckResult, Finding
-from dataaudit.checks.plateau import CONVERGED_ACCURACY, NONFINITE_EPOCH, _compute_rise, _median3, epoch_losses
+from dataaudit.checks.curves import CONVERGED_ACCURACY, NONFINITE_EPOCH, epoch_losses, loss_rise, median3
 from dataaudit.run import Run
 
 NAME = "optimizer"
@@ -171,8 +171,8 @@ def _compute_loss_trend(curve: np.ndarray, nonfinite_share: np.ndarray | None = 
     y = curve[~bad]
     if len(y) < 5:   # a rise needs a best point with epochs on either side, after smoothing
         return out
-    smooth = _median3(y)
-    rise = _compute_rise(smooth)
+    smooth = median3(y)
+    rise = loss_rise(smooth)
     out.update(first=float(smooth[0]), best=rise["best"], end=float(smooth[-1]),
                best_at=None if labels is None else int(labels[~bad][rise["best_pos"]]))
     if rise["rising"]:

@@ -33,31 +33,30 @@ import math
 from typing import Any
 
 import numpy as np
-import pandas as pd
 
 from dataaudit.checks.base import CheckResult, Finding
-from dataaudit.run import Run, Split
+from dataaudit.checks.curves import (
+    CONVERGED_ACCURACY,
+    CONVERGED_LEVEL,
+    MEANINGFUL,
+    NONFINITE_EPOCH,
+    epoch_losses,
+    loss_rise,
+    median3,
+)
+from dataaudit.run import Run
 
 NAME = "plateau"
 
 # Fewer epochs than this cannot tell a plateau from slow convergence: the onset,
 # a flat stretch of 3 epochs and the steeper stretch before it need 5 points.
 MIN_EPOCHS = 5
-# A change of a tenth of the loss level is "meaningful": epoch-to-epoch noise of a
-# full-dataset mean loss is ~1%, and a tenth is what a practitioner reads off a curve.
-MEANINGFUL = 0.10
 # The flat stretch must last a fifth of the run: shorter flat stretches at the end of
 # a falling curve are common (between schedule steps, before a restart) and prove little.
 MIN_TAIL_SHARE = 0.20
 MIN_TAIL_EPOCHS = 3
 # A knee: the flat stretch falls at least 10x slower than the steepest earlier stretch.
 KNEE_RATIO = 10.0
-# Converged: >= 99% of the training samples fitted (train accuracy), or without labels
-# a loss below 1% of where it started (cross-entropy 2.3 -> 0.023: p(label) ~ 0.98).
-CONVERGED_ACCURACY = 0.99
-CONVERGED_LEVEL = 0.01
-# An epoch whose losses are mostly non-finite counts as non-finite.
-NONFINITE_EPOCH = 0.5
 
 
 def check(run: Run) -> CheckResult:
@@ -76,34 +75,6 @@ def check(run: Run) -> CheckResult:
         val_nonfinite_share=None if val_table is None else val_table["nonfinite"].to_numpy())
 
 
-def epoch_losses(split: Split) -> pd.DataFrame:
-    """Per complete epoch of `split`: epoch, loss (mean of the finite per-sample losses; NaN when an epoch
-    has none), nonfinite (share of non-finite losses), accuracy (share with pred == label; NaN without labels).
-    """
-    columns = ["epoch", "loss", "nonfinite", "accuracy"]
-    records = split.records
-    epochs = split.complete_epochs
-    if not len(records) or not epochs:
-        return pd.DataFrame({c: pd.Series(dtype="float64") for c in columns}).astype({"epoch": "int64"})
-    records = records[records["epoch"].isin(epochs)]
-    loss = records["loss"].to_numpy(dtype=np.float64)
-    finite = np.isfinite(loss)
-    labelled = records["label"].to_numpy() >= 0
-    frame = pd.DataFrame({
-        "epoch": records["epoch"].to_numpy(dtype=np.int64),
-        "finite_loss": np.where(finite, loss, np.nan),
-        "nonfinite": ~finite,
-        "correct": np.where(labelled, records["pred"].to_numpy() == records["label"].to_numpy(), np.nan),
-    })
-    grouped = frame.groupby("epoch", sort=True)
-    out = pd.DataFrame({
-        "loss": grouped["finite_loss"].mean(),   # NaN-skipping mean
-        "nonfinite": grouped["nonfinite"].mean(),
-        "accuracy": grouped["correct"].mean(),
-    }).reset_index()
-    return out[columns]
-
-
 def _skipped(reason: str) -> CheckResult:
     """A skipped result that still carries the keys the audit's top-level `plateau` reads."""
     details = {"detected": False, "onset_epoch": None, "state": "too_short", "level": None, "slope": None,
@@ -112,20 +83,6 @@ def _skipped(reason: str) -> CheckResult:
 
 
 # ---------------------------------------------------------------- array level
-
-
-def _median3(y: np.ndarray) -> np.ndarray:
-    """Running median of 3 of y (n,), with Tukey's end-point rule: kills single-epoch spikes, keeps steps."""
-    n = len(y)
-    if n < 3:
-        return y.astype(np.float64).copy()
-    s = y.astype(np.float64).copy()
-    s[1:-1] = np.median(np.stack([y[:-2], y[1:-1], y[2:]]), axis=0)
-    # The ends extrapolate the smoothed neighbours linearly (Tukey 1977), so a last epoch
-    # that is a spike is damped while a genuine trend at the end is kept.
-    s[0] = np.median([y[0], s[1], 3 * s[1] - 2 * s[2]])
-    s[-1] = np.median([y[-1], s[-2], 3 * s[-2] - 2 * s[-3]])
-    return s
 
 
 def _isotonic_decreasing(y: np.ndarray) -> np.ndarray:
@@ -166,22 +123,6 @@ def _steepest(fit: np.ndarray, x: np.ndarray, end: int, w: int) -> float:
     (shorter windows when end < w); x (m,) are the epochs."""
     w = max(1, min(w, end))
     return float(np.max((fit[: end - w + 1] - fit[w: end + 1]) / (x[w: end + 1] - x[: end - w + 1])))
-
-
-def _compute_rise(smooth: np.ndarray, *, of_progress: bool = True) -> dict[str, Any]:
-    """How far the smoothed loss (n,) ended above its best: the basis of "diverging" and "overfitting".
-
-    Returns best_pos (position of the minimum), rise (end - best), and rising: the rise exceeds a tenth
-    of the best level, or with `of_progress` of the larger of that level and the progress made before the
-    best (a training loss near zero may wobble by more than a tenth of itself without undoing anything).
-    """
-    best_pos = int(np.argmin(smooth))
-    best = float(smooth[best_pos])
-    progress = float(smooth[0] - best)
-    rise = float(smooth[-1] - best)
-    scale = max(progress, abs(best)) if of_progress else abs(best)
-    return {"best_pos": best_pos, "best": best, "rise": rise,
-            "rising": bool(scale > 0 and rise > MEANINGFUL * scale and best_pos < len(smooth) - 1)}
 
 
 def _compute_curve(epochs: np.ndarray, loss: np.ndarray, *, nonfinite_share: np.ndarray | None = None,
@@ -225,8 +166,8 @@ def _compute_curve(epochs: np.ndarray, loss: np.ndarray, *, nonfinite_share: np.
     x = epochs[good].astype(np.float64)
     y = loss[good].astype(np.float64)
     m = len(y)
-    smooth = _median3(y)
-    rise = _compute_rise(smooth)
+    smooth = median3(y)
+    rise = loss_rise(smooth)
     if rise["rising"]:
         tail = slice(rise["best_pos"], m)
         slope, stderr = _ols_slope(x[tail], y[tail])
@@ -307,12 +248,12 @@ def _compute_overfitting(train_epochs: np.ndarray, train_loss: np.ndarray, val_e
     tg = np.isfinite(train_loss)
     if vg.sum() < MIN_EPOCHS or tg.sum() < 2:
         return out
-    ve, vy = val_epochs[vg], _median3(val_loss[vg])
+    ve, vy = val_epochs[vg], median3(val_loss[vg])
     # Against the best validation level alone: a held-out loss 10% above its best is overfitting
     # whatever the training made of it.
-    rise = _compute_rise(vy, of_progress=False)
+    rise = loss_rise(vy, of_progress=False)
     best_epoch = int(ve[rise["best_pos"]])
-    te, ty = train_epochs[tg], _median3(train_loss[tg])
+    te, ty = train_epochs[tg], median3(train_loss[tg])
     at_best = ty[te <= best_epoch]
     # The training loss must have fallen since the best validation epoch: a validation loss that
     # rises with the training loss is divergence, not overfitting.

@@ -7,12 +7,12 @@ import pytest
 
 import dataaudit
 from dataaudit.checks import plateau
+from dataaudit.checks.curves import epoch_losses, median3
 from dataaudit.checks.plateau import (
     _compute_curve,
     _compute_overfitting,
     _compute_plateau,
     _isotonic_decreasing,
-    _median3,
 )
 from dataaudit.run import Run
 from fixtures.training import blobs, train_loop
@@ -162,7 +162,7 @@ def test_overfitting_needs_val_rising_while_train_falls():
 def test_helpers_smooth_and_fit_monotone(rng):
     y = np.linspace(2, 1, 10)
     y[4] = 9.0
-    assert _median3(y)[4] == pytest.approx(y[3], abs=0.2)
+    assert median3(y)[4] == pytest.approx(y[3], abs=0.2)
     noisy = np.linspace(2, 1, 30) + rng.normal(0, 0.1, 30)
     fit = _isotonic_decreasing(noisy)
     assert np.all(np.diff(fit) <= 0) and fit.mean() == pytest.approx(noisy.mean())
@@ -232,7 +232,7 @@ def test_a_validation_split_shows_overfitting(run_dir):
 def test_nan_losses_are_left_out_of_the_epoch_means(run_dir):
     X, y = _digits(300)
     run = train_loop(run_dir, X, y, epochs=5, optimizer="adam", lr=1e-2, nan_every=2)
-    table = plateau.epoch_losses(run.train)
+    table = epoch_losses(run.train)
     assert np.isfinite(table["loss"]).all() and (table["nonfinite"] > 0).all()
     assert plateau.check(run).details["state"] != "diverging"
 

@@ -1,0 +1,77 @@
+"""Loss curves per epoch, shared by the plateau and optimizer checks."""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from dataaudit.run import Split
+
+# A change of a tenth of the loss level is "meaningful": epoch-to-epoch noise of a
+# full-dataset mean loss is ~1%, and a tenth is what a practitioner reads off a curve.
+MEANINGFUL = 0.10
+# Converged: >= 99% of the training samples fitted (train accuracy), or without labels
+# a loss below 1% of where it started (cross-entropy 2.3 -> 0.023: p(label) ~ 0.98).
+CONVERGED_ACCURACY = 0.99
+CONVERGED_LEVEL = 0.01
+# An epoch whose losses are mostly non-finite counts as non-finite.
+NONFINITE_EPOCH = 0.5
+
+
+def epoch_losses(split: Split) -> pd.DataFrame:
+    """Per complete epoch of `split`: epoch, loss (mean of the finite per-sample losses; NaN when an epoch
+    has none), nonfinite (share of non-finite losses), accuracy (share with pred == label; NaN without labels).
+    """
+    columns = ["epoch", "loss", "nonfinite", "accuracy"]
+    records = split.records
+    epochs = split.complete_epochs
+    if not len(records) or not epochs:
+        return pd.DataFrame({c: pd.Series(dtype="float64") for c in columns}).astype({"epoch": "int64"})
+    records = records[records["epoch"].isin(epochs)]
+    loss = records["loss"].to_numpy(dtype=np.float64)
+    finite = np.isfinite(loss)
+    labelled = records["label"].to_numpy() >= 0
+    frame = pd.DataFrame({
+        "epoch": records["epoch"].to_numpy(dtype=np.int64),
+        "finite_loss": np.where(finite, loss, np.nan),
+        "nonfinite": ~finite,
+        "correct": np.where(labelled, records["pred"].to_numpy() == records["label"].to_numpy(), np.nan),
+    })
+    grouped = frame.groupby("epoch", sort=True)
+    out = pd.DataFrame({
+        "loss": grouped["finite_loss"].mean(),   # NaN-skipping mean
+        "nonfinite": grouped["nonfinite"].mean(),
+        "accuracy": grouped["correct"].mean(),
+    }).reset_index()
+    return out[columns]
+
+
+def median3(y: np.ndarray) -> np.ndarray:
+    """Running median of 3 of y (n,), with Tukey's end-point rule: kills single-epoch spikes, keeps steps."""
+    n = len(y)
+    if n < 3:
+        return y.astype(np.float64).copy()
+    s = y.astype(np.float64).copy()
+    s[1:-1] = np.median(np.stack([y[:-2], y[1:-1], y[2:]]), axis=0)
+    # The ends extrapolate the smoothed neighbours linearly (Tukey 1977), so a last epoch
+    # that is a spike is damped while a genuine trend at the end is kept.
+    s[0] = np.median([y[0], s[1], 3 * s[1] - 2 * s[2]])
+    s[-1] = np.median([y[-1], s[-2], 3 * s[-2] - 2 * s[-3]])
+    return s
+
+
+def loss_rise(smooth: np.ndarray, *, of_progress: bool = True) -> dict[str, Any]:
+    """How far the smoothed loss (n,) ended above its best: the basis of "diverging" and "overfitting".
+
+    Returns best_pos (position of the minimum), rise (end - best), and rising: the rise exceeds a tenth
+    of the best level, or with `of_progress` of the larger of that level and the progress made before the
+    best (a training loss near zero may wobble by more than a tenth of itself without undoing anything).
+    """
+    best_pos = int(np.argmin(smooth))
+    best = float(smooth[best_pos])
+    progress = float(smooth[0] - best)
+    rise = float(smooth[-1] - best)
+    scale = max(progress, abs(best)) if of_progress else abs(best)
+    return {"best_pos": best_pos, "best": best, "rise": rise,
+            "rising": bool(scale > 0 and rise > MEANINGFUL * scale and best_pos < len(smooth) - 1)}
