@@ -9,18 +9,40 @@ features or epochs are to blame.
 """
 from __future__ import annotations
 
+import importlib
+from typing import TYPE_CHECKING
+
 __version__ = "0.1.0"
 
-from dataaudit.audit import Audit, analyze
-from dataaudit.run import Run, Split, load_run
-from dataaudit.store import RunFormatError
+# Public names and the module each lives in. They load on first use: the tracker needs torch
+# (seconds to import), analysis needs pandas and pyarrow, and `dataaudit --help` needs neither.
+_EXPORTS = {
+    "Tracker": "dataaudit.track",
+    "Audit": "dataaudit.audit",
+    "analyze": "dataaudit.audit",
+    "Run": "dataaudit.run",
+    "Split": "dataaudit.run",
+    "load_run": "dataaudit.run",
+    "RunFormatError": "dataaudit.store",
+}
 
-__all__ = ["Audit", "Run", "RunFormatError", "Split", "Tracker", "analyze", "load_run", "__version__"]
+__all__ = ["Audit", "Run", "RunFormatError", "Split", "Tracker", "__version__", "analyze", "load_run"]
+
+if TYPE_CHECKING:
+    from dataaudit.audit import Audit, analyze
+    from dataaudit.run import Run, Split, load_run
+    from dataaudit.store import RunFormatError
+    from dataaudit.track import Tracker
 
 
 def __getattr__(name: str):
-    # The tracker needs torch, which takes seconds to import; analysis and the CLI do not.
-    if name == "Tracker":
-        from dataaudit.track import Tracker
-        return Tracker
-    raise AttributeError(f"module 'dataaudit' has no attribute {name!r}")
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'dataaudit' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

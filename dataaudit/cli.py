@@ -55,6 +55,51 @@ def report(run_dir: Path = typer.Argument(..., help="A run directory written by 
 
 
 @app.command()
+def scan(dataset_dir: Path = typer.Argument(..., help="data.npz, one .csv/.parquet table, class folders of "
+                                                      "images, or labels.npy (+ features.npy)."),
+         model: Path | None = typer.Option(None, "--model", help="Checkpoint: TorchScript, .pt2 (torch.export), "
+                                                                  "a state_dict (with --arch) or a pickled module."),
+         pred_probs: Path | None = typer.Option(None, "--pred-probs",
+                                                help="Out-of-sample predicted probabilities, shape (n, k), .npy."),
+         arch: str | None = typer.Option(None, "--arch", help="module:callable building the model of a state_dict."),
+         trust_pickle: bool = typer.Option(False, "--trust-pickle",
+                                           help="Allow unpickling a whole module (runs code: trusted files only)."),
+         run: Path | None = typer.Option(None, "--run", help="A tracked run of this dataset: its audit, "
+                                                            "with the scan's label issues added."),
+         out: Path = typer.Option(Path("reports"), help="Where audit.html, audit.json and flagged.csv go."),
+         fail_on: str = typer.Option("critical", callback=_check_fail_on,
+                                     help="Exit 1 when a finding is at least this severe."),
+         device: str = typer.Option("cpu", help="cpu or cuda (cuda:N)."),
+         label_col: str = typer.Option("label", "--label-col", help="Label column of a table."),
+         batch_size: int = typer.Option(256, min=1, help="Batch size of the forward passes.")) -> None:
+    """Audit a dataset from a model checkpoint or precomputed out-of-sample probabilities."""
+    if (model is None) == (pred_probs is None):
+        _fail("scan needs exactly one of --model CKPT or --pred-probs FILE.npy")
+    if not (device == "cpu" or device == "cuda" or device.startswith("cuda:")):
+        _fail(f"--device: expected cpu or cuda; got {device!r}")
+    if arch is not None and model is None:
+        _fail("--arch needs --model (a state_dict checkpoint)")
+    from dataaudit.scan import ScanInputError, flagged_table
+    from dataaudit.scan import scan as run_scan
+
+    if device.startswith("cuda"):
+        import torch
+        if not torch.cuda.is_available():
+            _fail(f"--device {device}: CUDA is not available to this torch build")
+    try:
+        audit = run_scan(dataset_dir, model=model, pred_probs=pred_probs, run=run, arch=arch,
+                         trust_pickle=trust_pickle, device=device, label_col=label_col, batch_size=batch_size,
+                         log=lambda line: typer.echo(line, err=True))
+    except ScanInputError as e:
+        _fail(str(e))
+    out.mkdir(parents=True, exist_ok=True)
+    flagged = flagged_table(audit)
+    flagged.to_csv(out / "flagged.csv", index=False)
+    typer.echo(f"{len(flagged)} suspected label errors in {out / 'flagged.csv'}")
+    _finish(audit, out, fail_on)
+
+
+@app.command()
 def demo(out: Path = typer.Option(Path("reports"), help="Where the run and the report go."),
          epochs: int = typer.Option(30, min=1, help="Training epochs."),
          noise: float = typer.Option(0.2, min=0.0, max=0.9, help="Share of labels flipped on purpose."),

@@ -1,0 +1,202 @@
+"""`scan`: audit a dataset from a model checkpoint or precomputed out-of-sample probabilities.
+
+Builds the same one-epoch `Run` the tracker would (labels, probabilities, input moments) and runs the
+checks that need no tracked training: labels, class_imbalance, feature_scale. With a tracked run, the
+run's own audit (every check) is kept and the scan's label issues are added to it (see `scan`).
+"""
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from dataaudit.scan.datasets import Dataset, ScanInputError, load_dataset
+from dataaudit.scan.probs import load_pred_probs, validate_pred_probs
+
+SCAN_CHECKS = ("labels", "class_imbalance", "feature_scale")
+
+__all__ = ["SCAN_CHECKS", "Dataset", "ScanInputError", "flagged_table", "load_dataset", "scan",
+           "validate_pred_probs"]
+
+
+def scan(dataset_dir: str | Path, *, model: Any = None, pred_probs: str | Path | np.ndarray | None = None,
+         run: str | Path | None = None, arch: str | None = None, trust_pickle: bool = False, device: str = "cpu",
+         label_col: str = "label", batch_size: int = 256,
+         log: Callable[[str], None] | None = None):
+    """Audit the dataset in `dataset_dir`; returns an `Audit`.
+
+    model : a checkpoint path (see `checkpoint.load_model`) or an nn.Module: its penultimate-layer
+        embeddings feed a 5-fold cross-validated logistic regression, whose out-of-sample probabilities
+        the checks read.
+    pred_probs : (n, k) out-of-sample probabilities, or a .npy file of them (instead of a model).
+    run : a tracked run directory of a model trained on this dataset (same sample ids). Its audit (every
+        check) is the result; the scan's labels result is added as `scan_labels`, or replaces the run's
+        `labels` when that was skipped (no logits recorded).
+    log : called with one line per warning and progress step.
+    Raises ScanInputError on bad input (one line naming the file or option).
+    """
+    from dataaudit.audit import analyze
+    from dataaudit.run import Run
+
+    # Progress waits until the inputs are known good: a bad input gets its one-line message alone.
+    say = _HeldLog(log or (lambda _line: None))
+    if (model is None) == (pred_probs is None):
+        raise ScanInputError("scan needs exactly one of --model CKPT or --pred-probs FILE.npy")
+    tracked = _load_tracked(run) if run is not None else None
+    data = load_dataset(dataset_dir, label_col=label_col)
+    notes = list(data.warnings)
+    for line in data.warnings:
+        say(f"warning: {line}")
+    say(f"loaded {len(data.labels)} samples, {data.num_classes} classes from {data.path} ({data.kind})")
+    if pred_probs is not None:
+        if isinstance(pred_probs, (str, Path)):
+            probs, warned = load_pred_probs(pred_probs, data.labels, num_classes=_named_classes(data))
+        else:
+            probs, warned = validate_pred_probs(pred_probs, data.labels, num_classes=_named_classes(data))
+        source = {"pred_probs": str(pred_probs) if isinstance(pred_probs, (str, Path)) else "array"}
+    else:
+        probs, warned = _model_probs(data, model, arch=arch, trust_pickle=trust_pickle, device=device,
+                                     batch_size=batch_size, say=say)
+        source = {"model": str(model) if isinstance(model, (str, Path)) else type(model).__name__}
+    if data.class_names is not None and probs.shape[1] != len(data.class_names):
+        raise ScanInputError(f"{source.get('pred_probs') or source.get('model')}: gives {probs.shape[1]} classes; "
+                             f"the dataset names {len(data.class_names)} ({', '.join(data.class_names[:5])}...)")
+    say.release()
+    for line in warned:
+        say(f"warning: {line}")
+    notes += warned
+    meta = {"source": "scan", "dataset": str(data.path), "class_names": data.class_names, "files": data.files}
+    scan_run = Run.from_arrays(data.labels, probs, features=data.features, meta=meta)
+    say("running the checks: " + ", ".join(SCAN_CHECKS))
+    audit = analyze(scan_run, checks=SCAN_CHECKS)
+    summary = {"dataset": str(data.path), "format": data.kind, "samples": int(len(data.labels)),
+               "num_classes": int(probs.shape[1]), "class_names": data.class_names, "warnings": notes, **source}
+    if run is None:
+        return dataclasses.replace(audit, run_summary={**audit.run_summary, "scan": summary})
+    return _merge(tracked, audit, summary, say)
+
+
+class _HeldLog:
+    """Calls `log` with each line; lines said before `release()` wait for it."""
+
+    def __init__(self, log: Callable[[str], None]):
+        self._log, self._held = log, []
+
+    def __call__(self, line: str) -> None:
+        if self._held is None:
+            self._log(line)
+        else:
+            self._held.append(line)
+
+    def release(self) -> None:
+        held, self._held = self._held or [], None
+        for line in held:
+            self._log(line)
+
+
+def _named_classes(data: Dataset) -> int | None:
+    return len(data.class_names) if data.class_names is not None else None
+
+
+def _model_probs(data: Dataset, model, *, arch, trust_pickle, device, batch_size, say) -> tuple[np.ndarray, list[str]]:
+    from dataaudit.scan.checkpoint import load_model
+    from dataaudit.scan.predict import cross_val_probs, predict
+
+    if data.features is None:
+        raise ScanInputError(f"{data.path}: holds labels but no inputs (features.npy) to run the model on; "
+                             "pass --pred-probs instead")
+    name = str(model) if isinstance(model, (str, Path)) else "the model"
+    if isinstance(model, (str, Path)):
+        say(f"loading the model from {model}")
+        model = load_model(model, arch=arch, trust_pickle=trust_pickle, device=device)
+    try:
+        first, _ = predict(model, data.features[:2], device=device)  # do these inputs fit the model at all?
+    except Exception as e:  # the model does not take these inputs
+        text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ScanInputError(f"{name}: failed on inputs of shape {tuple(data.features.shape[1:])} from "
+                             f"{data.path} ({type(e).__name__}: {text})") from None
+    k = first.shape[1]
+    if int(data.labels.max()) >= k:
+        raise ScanInputError(f"{name}: gives {k} classes; the labels in {data.path} go up to "
+                             f"{int(data.labels.max())}")
+    if data.class_names is not None and k != len(data.class_names):
+        raise ScanInputError(f"{name}: gives {k} classes; the dataset names {len(data.class_names)} "
+                             f"({', '.join(data.class_names[:5])}...)")
+    say.release()
+    say(f"forward passes over {len(data.labels)} samples on {device}")
+    logits, embeddings = predict(model, data.features, batch_size=batch_size, device=device, progress=say)
+    warned = []
+    if embeddings is None:
+        warned.append("no penultimate layer found (not a Sequential or a module with a final Linear): "
+                      "cross-validating on the model's logits instead of its embeddings")
+        embeddings = logits
+    say(f"5-fold cross-validated logistic regression on {embeddings.shape[1]}-dimensional embeddings")
+    return cross_val_probs(embeddings, data.labels, num_classes=k), warned
+
+
+def _load_tracked(run_dir: str | Path):
+    from dataaudit.run import load_run
+    from dataaudit.store import RunFormatError
+
+    try:
+        return load_run(run_dir)
+    except RunFormatError as e:
+        raise ScanInputError(f"--run {run_dir}: {e}") from None
+
+
+def _merge(tracked, scan_audit, summary: dict, say):
+    """The tracked run's audit (every check), with the scan's labels result added (or filling in for it)."""
+    from dataaudit.attribution import attribute
+    from dataaudit.audit import Audit, analyze
+
+    say(f"analyzing the tracked run {tracked.path}")
+    run_audit = analyze(tracked)
+    results = dict(run_audit.results)
+    scanned = scan_audit.results["labels"]
+    if results.get("labels") is None or results["labels"].status == "skipped":
+        results["labels"] = scanned
+        summary["labels_from"] = "scan"
+    else:
+        results["scan_labels"] = dataclasses.replace(
+            scanned, name="scan_labels",
+            findings=tuple(dataclasses.replace(f, check="scan_labels") for f in scanned.findings))
+        summary["labels_from"] = "run"
+    attribution = attribute(run_audit.run, results)
+    labels = results["labels"]
+    return Audit(
+        verdict=attribution.verdict, data_share=attribution.data_share, results=results,
+        plateau=run_audit.plateau, label_issues=tuple(labels.details.get("label_issues", [])),
+        attribution={**attribution.details, "verdict": attribution.verdict, "data_share": attribution.data_share},
+        run_summary={**run_audit.run_summary, "scan": summary}, run=run_audit.run)
+
+
+def flagged_table(audit):
+    """The scan's suspected label errors, most suspicious first, as a DataFrame.
+
+    Columns: sample_id, given_label, suggested_label, label_quality; given_class and suggested_class when
+    the classes have names; file for image folders.
+    """
+    import pandas as pd
+
+    result = audit.results.get("scan_labels") or audit.results.get("labels")
+    columns = ["sample_id", "given_label", "suggested_label", "label_quality"]
+    if result is None or result.per_sample is None or "label_issues" not in result.details:
+        return pd.DataFrame(columns=columns)
+    table = result.per_sample.set_index("sample_id")
+    ids = [i for i in result.details["label_issues"] if i in table.index]
+    rows = table.loc[ids]
+    out = pd.DataFrame({"sample_id": ids, "given_label": rows["label"].to_numpy(),
+                        "suggested_label": rows["suggested_label"].to_numpy(),
+                        "label_quality": rows["label_quality"].to_numpy().round(6)})
+    scan = audit.run_summary.get("scan", {})
+    names = scan.get("class_names")
+    if names:
+        out["given_class"] = [names[i] for i in out["given_label"]]
+        out["suggested_class"] = [names[i] if 0 <= i < len(names) else "" for i in out["suggested_label"]]
+    files = audit.run.meta.get("files") if audit.run is not None else None
+    if files:
+        out["file"] = [files[i] if 0 <= i < len(files) else "" for i in out["sample_id"]]
+    return out

@@ -1,0 +1,212 @@
+"""Load a DATASET_DIR: data.npz, one .csv/.parquet table, an image folder, or labels.npy (+ features.npy).
+
+Class names (image folders, string labels) map to indices in sorted order; the names are kept for the report.
+"""
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
+
+
+class ScanInputError(ValueError):
+    """Bad input to `scan`: the message names the file or option and says what is wrong (one line)."""
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """What a DATASET_DIR holds.
+
+    labels : (n,) int64 class indices.
+    features : (n, ...) float32 inputs (images as (n, C, H, W) in [0, 1]), or None (labels.npy alone).
+    class_names : names of classes 0..k-1, or None when the labels were integers already.
+    files : (n,) paths of the samples relative to the folder (image folders), or None.
+    warnings : what was skipped or repaired while loading, one line each.
+    kind : "npz", "table", "images" or "labels".
+    """
+
+    labels: np.ndarray
+    features: np.ndarray | None
+    path: Path
+    kind: str
+    class_names: list[str] | None = None
+    files: list[str] | None = None
+    warnings: tuple[str, ...] = field(default=())
+
+    @property
+    def num_classes(self) -> int:
+        if self.class_names is not None:
+            return len(self.class_names)
+        return int(self.labels.max()) + 1 if len(self.labels) else 0
+
+
+def load_dataset(path: str | Path, *, label_col: str = "label") -> Dataset:
+    """Read the dataset in `path`, whichever of the supported layouts it holds; raises ScanInputError."""
+    path = Path(path)
+    if not path.is_dir():
+        raise ScanInputError(f"{path}: not a directory (expected a DATASET_DIR)")
+    if (path / "data.npz").is_file():
+        return _load_npz(path / "data.npz")
+    if (path / "labels.npy").is_file():
+        return _load_label_files(path)
+    tables = sorted(p for p in path.iterdir() if p.suffix.lower() in {".csv", ".parquet"} and p.is_file())
+    if len(tables) > 1:
+        raise ScanInputError(f"{path}: expected one .csv or .parquet table; got {len(tables)} "
+                             f"({', '.join(p.name for p in tables[:4])})")
+    if tables:
+        return _load_table(tables[0], label_col)
+    if any(p.is_dir() for p in path.iterdir()):
+        return _load_images(path)
+    raise ScanInputError(f"{path}: no data.npz, labels.npy, .csv/.parquet table or class folders of images found")
+
+
+def _encode(values: np.ndarray, source: Path) -> tuple[np.ndarray, list[str] | None]:
+    """Labels as int64 indices; string (or float non-integer) labels map to sorted names."""
+    values = np.asarray(values)
+    if values.ndim != 1:
+        raise ScanInputError(f"{source}: labels must be one-dimensional; got shape {values.shape}")
+    if values.dtype.kind in "iu":
+        if len(values) and values.min() < 0:
+            raise ScanInputError(f"{source}: labels must be class indices >= 0; got {values.min()}")
+        return values.astype(np.int64), None
+    if values.dtype.kind == "f" and np.all(np.isfinite(values)) and np.all(values == np.round(values)) \
+            and (len(values) == 0 or values.min() >= 0):
+        return values.astype(np.int64), None
+    if values.dtype.kind == "f":
+        raise ScanInputError(f"{source}: labels must be class indices or names; got non-integer or missing numbers")
+    names, index = np.unique(values.astype(str), return_inverse=True)
+    return index.astype(np.int64), [str(s) for s in names]
+
+
+def _load_npz(file: Path) -> Dataset:
+    try:
+        with np.load(file, allow_pickle=False) as data:
+            missing = [k for k in ("X", "y") if k not in data.files]
+            if missing:
+                raise ScanInputError(f"{file}: expected arrays X and y; got {sorted(data.files)}")
+            X, y = data["X"], data["y"]
+    except ScanInputError:
+        raise
+    except Exception as e:  # a corrupt archive, or object arrays needing pickle
+        raise ScanInputError(f"{file}: cannot read ({type(e).__name__}: {e})") from None
+    labels, names = _encode(y, file)
+    if len(X) != len(labels):
+        raise ScanInputError(f"{file}: X and y must have the same length; got {len(X)} and {len(labels)}")
+    if X.dtype.kind not in "iufb":
+        raise ScanInputError(f"{file}: X must be numeric; got dtype {X.dtype}")
+    return Dataset(labels, X.astype(np.float32), file.parent, "npz", names)
+
+
+def _load_label_files(path: Path) -> Dataset:
+    labels_file = path / "labels.npy"
+    labels, names = _encode(_read_npy(labels_file), labels_file)
+    features = None
+    if (path / "features.npy").is_file():
+        features = _read_npy(path / "features.npy")
+        if len(features) != len(labels) or features.dtype.kind not in "iufb":
+            raise ScanInputError(f"{path / 'features.npy'}: expected numeric features with {len(labels)} rows "
+                                 f"(one per label); got shape {features.shape}, dtype {features.dtype}")
+        features = features.astype(np.float32)
+    return Dataset(labels, features, path, "labels", names)
+
+
+def _read_npy(file: Path) -> np.ndarray:
+    try:
+        return np.load(file, allow_pickle=False)
+    except Exception as e:
+        raise ScanInputError(f"{file}: cannot read as a .npy array ({type(e).__name__}: {e})") from None
+
+
+def _load_table(file: Path, label_col: str) -> Dataset:
+    import pandas as pd
+
+    try:
+        frame = pd.read_csv(file) if file.suffix.lower() == ".csv" else pd.read_parquet(file)
+    except Exception as e:
+        raise ScanInputError(f"{file}: cannot read the table ({type(e).__name__}: {e})") from None
+    if label_col not in frame.columns:
+        raise ScanInputError(f"{file}: no label column {label_col!r} (pass --label-col); "
+                             f"columns are {list(frame.columns)[:10]}")
+    if frame[label_col].isna().any():
+        raise ScanInputError(f"{file}: label column {label_col!r} has {int(frame[label_col].isna().sum())} "
+                             "missing values")
+    labels, names = _encode(frame[label_col].to_numpy(), file)
+    rest = frame.drop(columns=[label_col])
+    numeric = rest.select_dtypes(include=["number", "bool"])
+    warnings = []
+    dropped = [c for c in rest.columns if c not in numeric.columns]
+    if dropped:
+        warnings.append(f"{file.name}: non-numeric columns left out of the features: {dropped[:10]}")
+    features = numeric.to_numpy(np.float32) if numeric.shape[1] else None
+    return Dataset(labels, features, file.parent, "table", names, warnings=tuple(warnings))
+
+
+def _load_images(path: Path) -> Dataset:
+    try:
+        from PIL import Image
+    except ImportError:  # pragma: no cover - Pillow is normally there (matplotlib needs it)
+        Image = None
+    classes = sorted(p.name for p in path.iterdir() if p.is_dir() and not p.name.startswith("."))
+    arrays, labels, files, warnings = [], [], [], []
+    for index, name in enumerate(classes):
+        for file in sorted((path / name).iterdir()):
+            if file.suffix.lower() not in IMAGE_SUFFIXES or not file.is_file():
+                continue
+            try:
+                arrays.append(_read_image(file, Image))
+            except Exception as e:  # corrupt or truncated: name it and go on
+                warnings.append(f"skipped unreadable image {file.relative_to(path)} ({type(e).__name__}: {e})")
+                continue
+            labels.append(index)
+            files.append(str(file.relative_to(path)))
+    if not arrays:
+        raise ScanInputError(f"{path}: no readable images in the class folders {classes[:10]}")
+    # one channel layout and one size for all: the commonest size; others are resized
+    channels = 3 if any(a.ndim == 3 and a.shape[2] >= 3 for a in arrays) else 1
+    arrays = [_to_channels(a, channels) for a in arrays]
+    size, _ = Counter(a.shape[:2] for a in arrays).most_common(1)[0]
+    resized = 0
+    for i, a in enumerate(arrays):
+        if a.shape[:2] != size:
+            arrays[i] = _resize(a, size, Image)
+            resized += 1
+    if resized:
+        warnings.append(f"resized {resized} images to the commonest size {size[1]}x{size[0]}")
+    X = np.stack(arrays).transpose(0, 3, 1, 2)  # (n, C, H, W), as torch models take them
+    return Dataset(np.asarray(labels, np.int64), np.ascontiguousarray(X, dtype=np.float32), path, "images",
+                   classes, files, tuple(warnings))
+
+
+def _read_image(file: Path, Image) -> np.ndarray:
+    """(H, W) or (H, W, C) float32 in [0, 1]."""
+    if Image is None:
+        import matplotlib.image
+        a = np.asarray(matplotlib.image.imread(file), dtype=np.float32)
+        return a / 255.0 if a.max() > 1.0 else a
+    with Image.open(file) as im:
+        im.load()
+        im = im.convert("RGB") if im.mode not in ("L", "RGB") else im
+        return np.asarray(im, dtype=np.float32) / 255.0
+
+
+def _to_channels(a: np.ndarray, channels: int) -> np.ndarray:
+    if a.ndim == 2:
+        a = a[:, :, None]
+    a = a[:, :, :3]  # alpha dropped
+    if channels == 3 and a.shape[2] == 1:
+        a = np.repeat(a, 3, axis=2)
+    return a
+
+
+def _resize(a: np.ndarray, size: tuple[int, int], Image) -> np.ndarray:
+    if Image is None:  # nearest neighbour without Pillow
+        rows = (np.arange(size[0]) * a.shape[0] / size[0]).astype(int)
+        cols = (np.arange(size[1]) * a.shape[1] / size[1]).astype(int)
+        return a[rows][:, cols]
+    planes = [np.asarray(Image.fromarray(a[:, :, c]).resize((size[1], size[0]), Image.BILINEAR))
+              for c in range(a.shape[2])]
+    return np.stack(planes, axis=2).astype(np.float32)

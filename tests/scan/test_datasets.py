@@ -1,0 +1,86 @@
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from dataaudit.scan.datasets import ScanInputError, load_dataset
+
+
+def test_npz_with_string_labels_maps_sorted_names(tmp_path, rng):
+    X = rng.normal(size=(6, 3))
+    np.savez(tmp_path / "data.npz", X=X, y=np.array(["dog", "cat", "dog", "bird", "cat", "dog"]))
+    data = load_dataset(tmp_path)
+    assert data.kind == "npz" and data.class_names == ["bird", "cat", "dog"]
+    assert data.labels.tolist() == [2, 1, 2, 0, 1, 2]
+    assert data.features.shape == (6, 3) and data.features.dtype == np.float32
+
+
+def test_npz_without_y_is_refused_naming_the_file(tmp_path):
+    np.savez(tmp_path / "data.npz", X=np.zeros((3, 2)))
+    with pytest.raises(ScanInputError, match=r"data\.npz: expected arrays X and y"):
+        load_dataset(tmp_path)
+
+
+@pytest.mark.parametrize("suffix", ["csv", "parquet"])
+def test_table_numeric_columns_are_features(tmp_path, suffix):
+    frame = pd.DataFrame({"a": [1.0, 2.0, 3.0], "name": ["x", "y", "z"], "b": [0, 1, 0], "target": [1, 0, 1]})
+    path = tmp_path / f"table.{suffix}"
+    frame.to_csv(path, index=False) if suffix == "csv" else frame.to_parquet(path)
+    data = load_dataset(tmp_path, label_col="target")
+    assert data.kind == "table" and data.labels.tolist() == [1, 0, 1] and data.class_names is None
+    assert data.features.tolist() == [[1, 0], [2, 1], [3, 0]]
+    assert any("name" in w for w in data.warnings)
+
+
+def test_table_without_the_label_column(tmp_path):
+    pd.DataFrame({"a": [1, 2]}).to_csv(tmp_path / "t.csv", index=False)
+    with pytest.raises(ScanInputError, match=r"t\.csv: no label column 'label' \(pass --label-col\)"):
+        load_dataset(tmp_path)
+
+
+def test_two_tables_are_ambiguous(tmp_path):
+    for name in ("a.csv", "b.csv"):
+        pd.DataFrame({"label": [0, 1]}).to_csv(tmp_path / name, index=False)
+    with pytest.raises(ScanInputError, match="expected one .csv or .parquet table; got 2"):
+        load_dataset(tmp_path)
+
+
+def _png(path, array):
+    from PIL import Image
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(array).save(path)
+
+
+def test_image_folder_skips_a_corrupt_image_by_name(tmp_path, rng):
+    for cls in ("zebra", "ant"):
+        for i in range(3):
+            _png(tmp_path / cls / f"{i}.png", rng.integers(0, 255, (8, 8, 3), dtype=np.uint8))
+    (tmp_path / "ant" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    (tmp_path / "ant" / "notes.txt").write_text("not an image")
+    _png(tmp_path / "zebra" / "big.png", rng.integers(0, 255, (16, 16), dtype=np.uint8))  # grey, other size
+    data = load_dataset(tmp_path)
+    assert data.kind == "images" and data.class_names == ["ant", "zebra"]
+    assert data.features.shape == (7, 3, 8, 8) and 0 <= data.features.min() and data.features.max() <= 1
+    assert data.labels.tolist() == [0, 0, 0, 1, 1, 1, 1]
+    assert data.files[0] == "ant/0.png" and "zebra/big.png" in data.files
+    assert any("ant/broken.png" in w for w in data.warnings)
+    assert any("resized 1" in w for w in data.warnings)
+
+
+def test_labels_and_optional_features(tmp_path, rng):
+    np.save(tmp_path / "labels.npy", np.array([0, 2, 1], np.uint16))
+    data = load_dataset(tmp_path)
+    assert data.kind == "labels" and data.features is None and data.labels.dtype == np.int64
+    np.save(tmp_path / "features.npy", rng.normal(size=(3, 4)))
+    assert load_dataset(tmp_path).features.shape == (3, 4)
+    np.save(tmp_path / "features.npy", rng.normal(size=(2, 4)))
+    with pytest.raises(ScanInputError, match=r"features\.npy: expected numeric features with 3 rows"):
+        load_dataset(tmp_path)
+
+
+def test_empty_or_missing_directory(tmp_path):
+    with pytest.raises(ScanInputError, match="no data.npz, labels.npy"):
+        load_dataset(tmp_path)
+    with pytest.raises(ScanInputError, match="not a directory"):
+        load_dataset(tmp_path / "nope")

@@ -1,0 +1,191 @@
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from dataaudit.cli import app
+
+runner = CliRunner()
+
+
+def _noisy(tmp_path, rng, *, n=400, k=4, rate=0.1, names=None):
+    """labels.npy (or data.npz with named classes) and confident out-of-sample probabilities, `rate` flipped."""
+    truth = rng.integers(0, k, n)
+    given = truth.copy()
+    flipped = rng.choice(n, int(rate * n), replace=False)
+    given[flipped] = (truth[flipped] + rng.integers(1, k, len(flipped))) % k
+    probs = np.full((n, k), 0.1 / (k - 1))
+    probs[np.arange(n), truth] = 0.9
+    probs = 0.8 * probs + 0.2 * rng.dirichlet(np.ones(k), n)
+    data = tmp_path / "data"
+    data.mkdir()
+    if names is None:
+        np.save(data / "labels.npy", given)
+    else:
+        np.savez(data / "data.npz", X=rng.normal(size=(n, 3)), y=np.asarray(names)[given])
+    np.save(tmp_path / "pp.npy", probs)
+    return data, tmp_path / "pp.npy", flipped
+
+
+def _scan(*args):
+    return runner.invoke(app, ["scan", *map(str, args)])
+
+
+def test_cli_module_imports_nothing_heavy():
+    code = "import sys, dataaudit.cli; print([m for m in ('torch', 'sklearn', 'cleanlab') if m in sys.modules])"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_scan_pred_probs_writes_reports_and_flagged_csv(tmp_path, rng):
+    names = ["cat", "dog", "eel", "fox"]
+    data, pp, flipped = _noisy(tmp_path, rng, names=names)
+    out = tmp_path / "out"
+    result = _scan(data, "--pred-probs", pp, "--out", out)
+    assert result.exit_code == 1, result.output  # 10% mislabeled: a critical finding
+    assert {p.name for p in out.iterdir()} >= {"audit.html", "audit.json", "flagged.csv"}
+    audit = json.loads((out / "audit.json").read_text())
+    flagged = pd.read_csv(out / "flagged.csv")
+    assert list(flagged.columns[:4]) == ["sample_id", "given_label", "suggested_label", "label_quality"]
+    assert flagged["sample_id"].tolist() == audit["label_issues"]
+    assert set(flagged["given_class"]) <= set(names) and set(flagged["suggested_class"]) <= set(names)
+    assert np.isin(flagged["sample_id"][:30], flipped).mean() > 0.9
+    assert audit["run"]["scan"]["class_names"] == names
+    assert set(audit["checks"]) == {"labels", "class_imbalance", "feature_scale"}
+
+
+@pytest.mark.parametrize("rate, fail_on, status", [(0.0, "critical", 0), (0.1, "critical", 1),
+                                                   (0.03, "critical", 0), (0.03, "warning", 1)])
+def test_exit_status_follows_fail_on(tmp_path, rng, rate, fail_on, status):
+    data, pp, _ = _noisy(tmp_path, rng, rate=rate)
+    result = _scan(data, "--pred-probs", pp, "--out", tmp_path / "out", "--fail-on", fail_on)
+    assert result.exit_code == status, result.output
+
+
+def test_rounding_is_renormalised_with_a_warning(tmp_path, rng):
+    data, pp, _ = _noisy(tmp_path, rng)
+    np.save(pp, np.load(pp) * 1.0002)
+    result = _scan(data, "--pred-probs", pp, "--out", tmp_path / "out")
+    assert result.exit_code == 1
+    assert "warning:" in result.stderr and "pp.npy" in result.stderr and "renormalised" in result.stderr
+
+
+@pytest.mark.parametrize("case", ["logits", "shape"])
+def test_bad_pred_probs_exit_2_with_one_line_and_no_traceback(tmp_path, rng, case):
+    data, pp, _ = _noisy(tmp_path, rng)
+    p = np.load(pp)
+    np.save(pp, np.log(p) if case == "logits" else p[:-1])
+    done = subprocess.run([sys.executable, "-c", "from dataaudit.cli import main; main()", "scan", str(data),
+                           "--pred-probs", str(pp)], capture_output=True, text=True, cwd=tmp_path)
+    assert done.returncode == 2
+    assert "Traceback" not in done.stderr
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and str(pp) in lines[0]
+
+
+@pytest.mark.parametrize("args, message", [
+    ([], "exactly one of --model CKPT or --pred-probs"),
+    (["--pred-probs", "PP", "--model", "PP"], "exactly one of"),
+    (["--pred-probs", "MISSING"], "no such file"),
+    (["--pred-probs", "PP", "--device", "tpu"], "--device"),
+])
+def test_bad_options_exit_2(tmp_path, rng, args, message):
+    data, pp, _ = _noisy(tmp_path, rng)
+    args = [str(pp) if a == "PP" else str(tmp_path / "missing.npy") if a == "MISSING" else a for a in args]
+    result = _scan(data, *args, "--out", tmp_path / "out")
+    assert result.exit_code == 2 and message in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_pickled_module_is_refused_without_trust_pickle(tmp_path, rng):
+    import torch
+    from torch import nn
+
+    X = rng.normal(size=(50, 4)).astype(np.float32)
+    data = tmp_path / "data"
+    data.mkdir()
+    np.savez(data / "data.npz", X=X, y=rng.integers(0, 2, 50))
+    torch.save(nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2)), tmp_path / "whole.pt")
+    result = _scan(data, "--model", tmp_path / "whole.pt", "--out", tmp_path / "out")
+    assert result.exit_code == 2
+    assert "whole.pt" in result.stderr and "--trust-pickle" in result.stderr
+    result = _scan(data, "--model", tmp_path / "whole.pt", "--trust-pickle", "--out", tmp_path / "out")
+    assert result.exit_code in (0, 1) and (tmp_path / "out" / "flagged.csv").is_file()
+
+
+def test_digits_with_planted_noise_and_a_torchscript_mlp(tmp_path):
+    """20% symmetric noise on digits; a small MLP trained on it, scripted; scan finds the noise (F1 >= 0.85)."""
+    import torch
+    from sklearn.datasets import load_digits
+    from torch import nn
+
+    X, y = load_digits(return_X_y=True)
+    X = (X / 16).astype(np.float32)
+    rng = np.random.default_rng(0)
+    flipped = rng.choice(len(y), int(0.2 * len(y)), replace=False)
+    noisy = y.copy()
+    noisy[flipped] = (y[flipped] + rng.integers(1, 10, len(flipped))) % 10
+    data = tmp_path / "digits"
+    data.mkdir()
+    np.savez(data / "data.npz", X=X, y=noisy)
+    torch.manual_seed(0)
+    torch.set_num_threads(1)  # a tiny MLP: threads only spin against each other
+    model = nn.Sequential(nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 128), nn.ReLU(), nn.Linear(128, 10))
+    opt = torch.optim.Adam(model.parameters(), 1e-3)
+    Xt, yt = torch.from_numpy(X), torch.from_numpy(noisy)
+    for _ in range(5):
+        for batch in torch.randperm(len(yt)).split(64):
+            loss = nn.functional.cross_entropy(model(Xt[batch]), yt[batch])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    torch.jit.save(torch.jit.script(model.eval()), tmp_path / "mlp.pt")
+
+    out = tmp_path / "out"
+    result = _scan(data, "--model", tmp_path / "mlp.pt", "--out", out)
+    assert result.exit_code == 1, result.output
+    found = set(json.loads((out / "audit.json").read_text())["label_issues"])
+    f1 = 2 * len(found & set(flipped.tolist())) / (len(found) + len(flipped))
+    assert f1 >= 0.85
+    assert "128-dimensional embeddings" in result.stderr  # the penultimate layer, not the logits
+
+
+def test_image_folder_with_a_corrupt_image(tmp_path, rng):
+    import torch
+    from PIL import Image
+    from torch import nn
+
+    for cls in ("a", "b"):
+        (tmp_path / "imgs" / cls).mkdir(parents=True)
+        for i in range(12):
+            Image.fromarray(rng.integers(0, 255, (6, 6, 3), dtype=np.uint8)).save(tmp_path / "imgs" / cls / f"{i}.png")
+    (tmp_path / "imgs" / "b" / "bad.png").write_bytes(b"garbage")
+    model = nn.Sequential(nn.Flatten(), nn.Linear(108, 8), nn.ReLU(), nn.Linear(8, 2))
+    torch.jit.save(torch.jit.script(model), tmp_path / "cnn.pt")
+    out = tmp_path / "out"
+    result = _scan(tmp_path / "imgs", "--model", tmp_path / "cnn.pt", "--out", out)
+    assert result.exit_code == 0, result.output
+    assert "b/bad.png" in result.stderr
+    assert json.loads((out / "audit.json").read_text())["run"]["scan"]["samples"] == 24
+
+
+def test_scan_with_a_tracked_run_adds_the_scan_labels(tmp_path, rng):
+    from fixtures.training import blobs, train_loop
+
+    X, y = blobs(n=300, d=6, k=3, seed=1)
+    train_loop(tmp_path / "run", X, y, epochs=4)
+    data, pp, _ = _noisy(tmp_path, rng, n=300, k=3)
+    out = tmp_path / "out"
+    result = _scan(data, "--pred-probs", pp, "--run", tmp_path / "run", "--out", out)
+    assert result.exit_code in (0, 1), result.output
+    audit = json.loads((out / "audit.json").read_text())
+    assert {"coverage", "plateau", "optimizer", "labels", "scan_labels"} <= set(audit["checks"])
+    assert audit["run"]["scan"]["labels_from"] == "run"
+    assert pd.read_csv(out / "flagged.csv")["sample_id"].tolist()[:5] == \
+        [f["ids"] for f in audit["findings"] if f["check"] == "scan_labels"][0][:5]
