@@ -183,5 +183,6 @@ def _label_share(losses: np.ndarray, flagged: np.ndarray, given: np.ndarray, sug
         losses, flagged, given, suggested = losses[keep], flagged[keep], given[keep], suggested[keep]
     picks = rng.integers(0, len(losses), size=(draws, len(losses)))
     boot = [share(losses[p], flagged[p], given[p], suggested[p]) for p in picks]
-    return share(losses, flagged, given, suggested), (float(np.quantile(boot, 0.05)),
-                                                      float(np.quantile(boot, 0.95)))
+    estimate = share(losses, flagged, given, suggested)
+    # the larger of two estimates is biased upward against its resamples: keep the estimate inside
+    return estimate, (min(float(np.quantile(boot, 0.05)), estimate), max(float(np.quantile(boot, 0.95)), estimate))
