@@ -1,6 +1,7 @@
 """What every check returns: a frozen, validated result with findings."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -86,3 +87,13 @@ class CheckResult:
     def skipped(cls, name: str, reason: str) -> CheckResult:
         return cls(name, "skipped", 0.0, {"skipped": reason},
                    (Finding(name, "info", f"{name} check skipped: {reason}"),))
+
+
+def json_number(value: Any, digits: int = 4) -> float | None:
+    """`value` as a JSON-able float with `digits` significant digits; None for None, NaN and inf."""
+    if value is None:
+        return None
+    value = float(value)
+    if not math.isfinite(value):
+        return None
+    return float(f"{value:.{digits}g}")

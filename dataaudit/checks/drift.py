@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from dataaudit.checks.base import CheckResult, Finding
+from dataaudit.checks.base import CheckResult, Finding, json_number
 from dataaudit.run import Run, Split
 
 NAME = "drift"
@@ -147,12 +147,12 @@ def _compute_drift(data: Split, epochs: list[int]) -> CheckResult:
     for i, epoch in enumerate(epochs):
         per_epoch.append({
             "epoch": epoch,
-            "p_value": _num(scan["p_value"][i]),
-            "statistic": _num(scan["statistic"][i]),
+            "p_value": json_number(scan["p_value"][i], 6),
+            "statistic": json_number(scan["statistic"][i], 6),
             "changed_share": _share(fp_changes, "changed", i),
             "changed_vs_first_share": _share(fp_changes, "changed_first", i),
             "label_changed_share": _share(label_changes, "changed", i),
-            "label_p_value": _num(label_p[i]),
+            "label_p_value": json_number(label_p[i], 6),
             "input_drift": bool(input_differs[i]),
             "label_drift": bool(label_differs[i]),
             "drift": bool(input_differs[i] or label_differs[i]),
@@ -495,9 +495,9 @@ def _feature_shifts(features: dict[int, pd.DataFrame], before: list[int], after:
     feature_ids = features[before[0]]["feature"].to_numpy()
     moved = np.flatnonzero((moved_mean | moved_spread) & (effect > 0))
     moved = moved[np.argsort(-effect[moved], kind="stable")]
-    return [{"feature": int(feature_ids[j]), "effect": _num(effect[j], 3),
-             "mean_before": _num(mean_b[j], 4), "mean_after": _num(mean_a[j], 4),
-             "std_before": _num(sd_b[j], 4), "std_after": _num(sd_a[j], 4)} for j in moved]
+    return [{"feature": int(feature_ids[j]), "effect": json_number(effect[j], 3),
+             "mean_before": json_number(mean_b[j], 4), "mean_after": json_number(mean_a[j], 4),
+             "std_before": json_number(sd_b[j], 4), "std_after": json_number(sd_a[j], 4)} for j in moved]
 
 
 # --------------------------------------------------------------- findings
@@ -509,7 +509,7 @@ def _input_finding(epochs: list[int], index: int, method: str, pipeline: str, sc
     """The finding for input drift at epochs[index], and its strength in [0, 1]."""
     epoch = int(epochs[index])
     share = _share(fp_changes, "changed", index)
-    ks_p, ks_stat = _num(scan["p_value"][index]), _num(scan["statistic"][index])
+    ks_p, ks_stat = json_number(scan["p_value"][index], 6), json_number(scan["statistic"][index], 6)
     if method == "fingerprint":
         how = (f"{share:.1%} of the samples seen before came back with a different input "
                f"(the pipeline was deterministic until then)")
@@ -549,7 +549,7 @@ def _label_finding(epochs: list[int], index: int, method: str, changes: dict[str
     """The finding for label drift at epochs[index], and its strength in [0, 1]."""
     epoch = int(epochs[index])
     share = _share(changes, "changed", index)
-    p = _num(label_p[index])
+    p = json_number(label_p[index], 6)
     ref = counts[0] / max(counts[0].sum(), 1)
     now = counts[index] / max(counts[index].sum(), 1)
     moved = float(0.5 * np.abs(now - ref).sum())  # total variation distance of the class proportions
@@ -576,12 +576,3 @@ def _fmt_p(p: float | None) -> str:
         return "p = n/a"
     return "p < 1e-300" if p == 0 else f"p = {p:.1e}"
 
-
-def _num(x: Any, digits: int = 6) -> float | None:
-    """A JSON-able float (None for NaN), with `digits` significant digits."""
-    if x is None:
-        return None
-    x = float(x)
-    if not np.isfinite(x):
-        return None
-    return float(f"{x:.{digits}g}")

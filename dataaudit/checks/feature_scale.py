@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from dataaudit.checks.base import CheckResult, Finding
+from dataaudit.checks.base import CheckResult, Finding, json_number
 from dataaudit.run import Run
 
 NAME = "feature_scale"
@@ -142,9 +142,9 @@ def _compute_feature_scale(mean: np.ndarray, var: np.ndarray, lo: np.ndarray, hi
             remedy=f"Normalise the named {unit}s: StandardScaler fitted on the training split for tabular features, "
                    "per-channel mean/std normalisation (transforms.Normalize) for images; take log1p first for a "
                    "feature that spans orders of magnitude.",
-            evidence={unit + "s": idx[:20].tolist(), "median_rms": _round(typical),
-                      "median_max_abs": _round(typical_peak), "rms": [_round(v) for v in rms[idx[:20]]],
-                      "max_abs": [_round(v) for v in peak[idx[:20]]], "threshold_ratio": _round(10**tau)}))
+            evidence={unit + "s": idx[:20].tolist(), "median_rms": json_number(typical),
+                      "median_max_abs": json_number(typical_peak), "rms": [json_number(v) for v in rms[idx[:20]]],
+                      "max_abs": [json_number(v) for v in peak[idx[:20]]], "threshold_ratio": json_number(10**tau)}))
         score = max(score, min(float(excess[idx].max()) / 3.0, 1.0))
     if typical is not None and not len(nonfinite) and not normalised and not large.any():
         far = not _FAR_SCALE[0] <= typical <= _FAR_SCALE[1]
@@ -154,7 +154,7 @@ def _compute_feature_scale(mean: np.ndarray, var: np.ndarray, lo: np.ndarray, hi
             "from mean 0 / std 1 or values in [0, 1]).",
             remedy="Standardise the inputs (StandardScaler, per-channel mean/std) or scale them to [0, 1] "
                    "(e.g. divide 8-bit pixels by 255).",
-            evidence={"median_rms": _round(typical)}))
+            evidence={"median_rms": json_number(typical)}))
         score = max(score, 0.3 if far else 0.1)
     if small.any():
         idx = np.flatnonzero(small)
@@ -162,12 +162,12 @@ def _compute_feature_scale(mean: np.ndarray, var: np.ndarray, lo: np.ndarray, hi
             NAME, "info",
             f"{len(idx)} input {unit}s ({_listing(idx)}) are far smaller than the rest: rarely active inputs "
             "(near-empty border pixels) or inputs in too small a unit.",
-            evidence={unit + "s": idx[:20].tolist(), "median_rms": _round(typical)}))
+            evidence={unit + "s": idx[:20].tolist(), "median_rms": json_number(typical)}))
     if constant.any():
         idx = np.flatnonzero(constant)
         findings.append(Finding(
             NAME, "info", f"{len(idx)} of {d} input {unit}s are constant ({_listing(idx)}): they carry no information.",
-            evidence={unit + "s": idx[:20].tolist(), "values": [_round(v) for v in lo[idx[:20]]]}))
+            evidence={unit + "s": idx[:20].tolist(), "values": [json_number(v) for v in lo[idx[:20]]]}))
 
     details = {
         "features": named.tolist(),
@@ -175,11 +175,11 @@ def _compute_feature_scale(mean: np.ndarray, var: np.ndarray, lo: np.ndarray, hi
         "epoch": int(epoch),
         "num_units": d,
         "normalised": normalised,
-        "median_scale": _round(typical) if typical is not None else None,
-        "threshold_ratio": _round(10**tau) if tau is not None else None,
-        "scales": [{unit: int(i), "mean": _round(mean[i]), "std": _round(np.sqrt(var[i])), "min": _round(lo[i]),
-                    "max": _round(hi[i]), "rms_ratio": _round(rms[i] / typical),
-                    "max_abs_ratio": _round(peak[i] / typical_peak)} for i in np.flatnonzero(large)[:100]],
+        "median_scale": json_number(typical) if typical is not None else None,
+        "threshold_ratio": json_number(10**tau) if tau is not None else None,
+        "scales": [{unit: int(i), "mean": json_number(mean[i]), "std": json_number(np.sqrt(var[i])),
+                    "min": json_number(lo[i]), "max": json_number(hi[i]), "rms_ratio": json_number(rms[i] / typical),
+                    "max_abs_ratio": json_number(peak[i] / typical_peak)} for i in np.flatnonzero(large)[:100]],
         "nonfinite_features": nonfinite.tolist(),
         "constant_features": np.flatnonzero(constant).tolist(),
         "small_features": np.flatnonzero(small).tolist(),
@@ -192,7 +192,3 @@ def _listing(idx: np.ndarray, shown: int = 10) -> str:
     head = ", ".join(str(int(i)) for i in idx[:shown])
     return head if len(idx) <= shown else f"{head} and {len(idx) - shown} more"
 
-
-def _round(x: float) -> float:
-    """4 significant digits, as a JSON-able float."""
-    return float(f"{float(x):.4g}")

@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from dataaudit.checks.base import CheckResult, Finding
+from dataaudit.checks.base import CheckResult, Finding, json_number
 from dataaudit.checks.curves import (
     CONVERGED_ACCURACY,
     CONVERGED_LEVEL,
@@ -295,13 +295,13 @@ def _compute_plateau(epochs: np.ndarray, train_loss: np.ndarray, *, train_accura
             remedy="Stop at the best validation epoch (early stopping), add regularisation (weight decay, dropout, "
                    "augmentation) or data; a training loss that keeps falling below a noisy-label floor "
                    "is the model memorising wrong labels.",
-            evidence={"best_val_epoch": over["from_epoch"], "val_best": _round(over["val_best"]),
-                      "val_rise": _round(over["val_rise"])}))
+            evidence={"best_val_epoch": over["from_epoch"], "val_best": json_number(over["val_best"]),
+                      "val_rise": json_number(over["val_rise"])}))
     if val_curve is not None and val_curve["state"] == "plateau" and not detected:
         findings.append(Finding(
             NAME, "info", f"Validation loss has been flat since epoch {val_curve['onset_epoch']} "
                           f"at {val_curve['level']:.3g}, while the training loss is {state}.",
-            evidence={"val_onset_epoch": val_curve["onset_epoch"], "val_level": _round(val_curve["level"])}))
+            evidence={"val_onset_epoch": val_curve["onset_epoch"], "val_level": json_number(val_curve["level"])}))
 
     n = len(epochs)
     score = (n - int(np.searchsorted(epochs, curve["onset_epoch"]))) / n if detected else 0.0
@@ -309,19 +309,19 @@ def _compute_plateau(epochs: np.ndarray, train_loss: np.ndarray, *, train_accura
         "detected": detected,
         "onset_epoch": curve["onset_epoch"] if detected else None,
         "state": state,
-        "level": _round(curve["level"]),
-        "final_loss": _round(curve.get("final_loss")),
-        "slope": _round(curve["slope"]),
-        "slope_stderr": _round(curve["slope_stderr"]),
-        "improvement_after_onset": _round(curve["improvement_after_onset"]),
+        "level": json_number(curve["level"]),
+        "final_loss": json_number(curve.get("final_loss")),
+        "slope": json_number(curve["slope"]),
+        "slope_stderr": json_number(curve["slope_stderr"]),
+        "improvement_after_onset": json_number(curve["improvement_after_onset"]),
         "plateau_epochs": curve.get("tail_epochs"),
-        "progress_share_after_onset": _round(curve["progress_share_after_onset"]),
-        "knee_ratio": _round(curve.get("knee_ratio")),
+        "progress_share_after_onset": json_number(curve["progress_share_after_onset"]),
+        "knee_ratio": json_number(curve.get("knee_ratio")),
         "reason": curve["reason"],
         "epochs": n,
-        "train_loss": [_round(v) for v in train_loss],
-        "train_accuracy": _round(curve.get("train_accuracy")),
-        "val_loss": None if val_loss is None else [_round(v) for v in val_loss],
+        "train_loss": [json_number(v) for v in train_loss],
+        "train_accuracy": json_number(curve.get("train_accuracy")),
+        "val_loss": None if val_loss is None else [json_number(v) for v in val_loss],
         "val_state": None if val_curve is None else val_curve["state"],
         "val_onset_epoch": None if val_curve is None else val_curve["onset_epoch"],
         "overfitting": bool(over is not None and over["overfitting"]),
@@ -329,7 +329,7 @@ def _compute_plateau(epochs: np.ndarray, train_loss: np.ndarray, *, train_accura
     }
     for key in ("nonfinite_from_epoch", "best_epoch", "best_level"):
         if key in curve:
-            details[key] = _round(curve[key]) if isinstance(curve[key], float) else curve[key]
+            details[key] = json_number(curve[key]) if isinstance(curve[key], float) else curve[key]
     return CheckResult.from_findings(NAME, findings, score=score, details=details)
 
 
@@ -339,7 +339,7 @@ def _finding(curve: dict[str, Any], epochs: np.ndarray, loss: np.ndarray) -> Fin
     se = curve["slope_stderr"]
     slope_text = "" if slope is None else f"slope {slope:+.2g}" + ("" if se is None else f" ± {se:.1g}") + " per epoch"
     keys = ("level", "slope", "slope_stderr", "improvement_after_onset", "progress_share_after_onset", "knee_ratio")
-    evidence = {k: _round(curve[k]) for k in keys if curve.get(k) is not None}
+    evidence = {k: json_number(curve[k]) for k in keys if curve.get(k) is not None}
     if state == "plateau":
         onset = curve["onset_epoch"]
         first = loss[np.isfinite(loss)][0]
@@ -381,12 +381,3 @@ def _finding(curve: dict[str, Any], epochs: np.ndarray, loss: np.ndarray) -> Fin
 def _pct(rise: float, best: float) -> str:
     return f"{rise / abs(best):.0%}" if best else f"by {rise:.3g}"
 
-
-def _round(v: Any) -> Any:
-    """A JSON-able number with 4 significant digits; NaN and inf become None."""
-    if v is None:
-        return None
-    v = float(v)
-    if not math.isfinite(v):
-        return None
-    return float(f"{v:.4g}")
