@@ -151,20 +151,31 @@ def load_run(run_dir: str | Path) -> Run:
     manifests = [store.read_manifest(run_dir, 0)]
     for path in sorted(run_dir.glob("manifest.rank*.json")):
         manifests.append(store.read_manifest(run_dir, int(path.stem.split("rank")[1])))
-    meta = manifests[0]
+    # what each rank saw of each split, to tell ranks that disagree on the dataset
+    meta = {**manifests[0], "ranks": [{"rank": m.get("rank", 0), "splits": m["splits"]} for m in manifests]}
     files: dict[tuple[str, str | None, int], list[Path]] = defaultdict(list)
+    step_files: dict[str, dict[int, list[Path]]] = {"steps": defaultdict(list), "layers": defaultdict(list)}
     for manifest in manifests:
         for rel in manifest["files"]:
             m = _PARTITION.match(rel)
-            if m and (run_dir / rel).is_file():
+            if not m or not (run_dir / rel).is_file():
+                continue
+            if m["table"] in step_files:
+                step_files[m["table"]][int(m["rank"])].append(run_dir / rel)
+            else:
                 files[(m["table"], m["split"], int(m["epoch"]))].append(run_dir / rel)
     epochs = [e for m in manifests for e in m["epochs"]]
     splits = {name: _load_split(name, info, epochs, files) for name, info in meta["splits"].items()}
-    steps = _concat([f for (t, _, _), fs in sorted(files.items()) if t == "steps" for f in fs], _empty_steps())
-    layers = _concat([f for (t, _, _), fs in sorted(files.items()) if t == "layers" for f in fs], _empty_layers())
+    # Data-parallel replicas step alike: one rank's optimizer telemetry stands for all (the lowest rank's).
+    steps = _concat(_lowest_rank(step_files["steps"]), _empty_steps())
+    layers = _concat(_lowest_rank(step_files["layers"]), _empty_layers())
     if len(steps):
         steps = steps.sort_values(["epoch", "attempt"], kind="stable").reset_index(drop=True)
     return Run(splits, steps, layers, meta, path=run_dir)
+
+
+def _lowest_rank(by_rank: dict[int, list[Path]]) -> list[Path]:
+    return sorted(by_rank[min(by_rank)]) if by_rank else []
 
 
 def _load_split(name: str, info: dict, epochs: list[dict], files: dict) -> Split:

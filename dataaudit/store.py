@@ -43,6 +43,11 @@ class RunFormatError(ValueError):
     """A run directory that is missing, unreadable or of an unknown format."""
 
 
+def is_run_entry(name: str) -> bool:
+    """Whether a name in a run directory is dataaudit's own (another rank may be writing it already)."""
+    return name.startswith((".", "manifest")) or name in ("records", "sketch", "steps", "layers", "_partial")
+
+
 def manifest_name(rank: int) -> str:
     return MANIFEST if rank == 0 else f"manifest.rank{rank}.json"
 

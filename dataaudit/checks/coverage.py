@@ -25,7 +25,20 @@ def check(run: Run, *, split: str = "train") -> CheckResult:
     data = run.split(split)
     if data is None or not data.complete_epochs:
         return CheckResult.skipped(NAME, f"no complete epoch of split {split!r} was recorded")
-    return _compute_coverage(data.draws, data.coverage, data.complete_epochs, data.dataset_size)
+    result = _compute_coverage(data.draws, data.coverage, data.complete_epochs, data.dataset_size)
+    sizes = {r["rank"]: r["splits"].get(split, {}).get("dataset_size") for r in run.meta.get("ranks", [])}
+    if len({v for v in sizes.values() if v is not None}) > 1:
+        shown = ", ".join(f"rank {r} sees {v}" for r, v in sorted(sizes.items()))
+        disagree = Finding(
+            NAME, "critical", f"The ranks disagree on the dataset's size ({shown}): they shard different data.",
+            remedy="Build the same dataset on every rank (same files, filters and order) before the "
+                   "DistributedSampler shards it.",
+            evidence={"dataset_size_by_rank": {str(r): v for r, v in sorted(sizes.items())}})
+        result = CheckResult.from_findings(NAME, [disagree, *result.findings], score=1.0,
+                                           details={**result.details, "dataset_size_by_rank":
+                                                    {str(r): v for r, v in sorted(sizes.items())}},
+                                           per_sample=result.per_sample)
+    return result
 
 
 def _compute_coverage(draws: dict[int, np.ndarray], coverage: pd.DataFrame, epochs: list[int],

@@ -398,8 +398,7 @@ class Tracker:
             session["moved_to_partial"] = len(moved)
             manifest["sessions"].append(session)
             return manifest
-        if self.path.is_dir() and any(p for p in self.path.iterdir() if not p.name.startswith(".")) \
-                and self.rank == 0:
+        if self.path.is_dir() and any(not store.is_run_entry(p.name) for p in self.path.iterdir()):
             raise ValueError(f"Tracker needs an empty or new directory, or an existing dataaudit run; "
                              f"{self.path} holds other files and no {store.MANIFEST}")
         self.path.mkdir(parents=True, exist_ok=True)
