@@ -1,7 +1,9 @@
 """`scan`: audit a dataset from a model checkpoint or precomputed out-of-sample probabilities.
 
 Builds the same one-epoch `Run` the tracker would (labels, probabilities, input moments) and runs the
-checks that need no tracked training: labels, class_imbalance, feature_scale. With a tracked run, the
+checks that need no tracked training: labels, class_imbalance, feature_scale; and `neighbors` (near-duplicates
+and outliers, see `neighbors.py`) on the model's embeddings or the features, kept only when it finds some (the
+scan summary's `neighbors` names what it looked at). With a tracked run, the
 run's own audit (every check) is kept and the scan's label issues are added to it (see `scan`).
 """
 from __future__ import annotations
@@ -51,6 +53,7 @@ def scan(dataset_dir: str | Path, *, model: Any = None, pred_probs: str | Path |
     for line in data.warnings:
         say(f"warning: {line}")
     say(f"loaded {len(data.labels)} samples, {data.num_classes} classes from {data.path} ({data.kind})")
+    embeddings = None
     if pred_probs is not None:
         if isinstance(pred_probs, (str, Path)):
             probs, warned = load_pred_probs(pred_probs, data.labels, num_classes=_named_classes(data))
@@ -58,8 +61,8 @@ def scan(dataset_dir: str | Path, *, model: Any = None, pred_probs: str | Path |
             probs, warned = validate_pred_probs(pred_probs, data.labels, num_classes=_named_classes(data))
         source = {"pred_probs": str(pred_probs) if isinstance(pred_probs, (str, Path)) else "array"}
     else:
-        probs, warned = _model_probs(data, model, arch=arch, trust_pickle=trust_pickle, device=device,
-                                     batch_size=batch_size, say=say)
+        probs, warned, embeddings = _model_probs(data, model, arch=arch, trust_pickle=trust_pickle,
+                                                 device=device, batch_size=batch_size, say=say)
         source = {"model": str(model) if isinstance(model, (str, Path)) else type(model).__name__}
     if data.class_names is not None and probs.shape[1] != len(data.class_names):
         raise ScanInputError(f"{source.get('pred_probs') or source.get('model')}: gives {probs.shape[1]} classes; "
@@ -72,11 +75,27 @@ def scan(dataset_dir: str | Path, *, model: Any = None, pred_probs: str | Path |
     scan_run = Run.from_arrays(data.labels, probs, features=data.features, meta=meta)
     say("running the checks: " + ", ".join(SCAN_CHECKS))
     audit = analyze(scan_run, checks=SCAN_CHECKS)
+    neighbors = _neighbors(data, embeddings, say)
+    if neighbors is not None and neighbors.findings:  # a result only where it adds evidence
+        audit = dataclasses.replace(audit, results={**audit.results, "neighbors": neighbors})
     summary = {"dataset": str(data.path), "format": data.kind, "samples": int(len(data.labels)),
                "num_classes": int(probs.shape[1]), "class_names": data.class_names, "warnings": notes, **source}
+    if neighbors is not None:
+        summary["neighbors"] = neighbors.details.get("source") or neighbors.details.get("skipped")
     if run is None:
         return dataclasses.replace(audit, run_summary={**audit.run_summary, "scan": summary})
     return _merge(tracked, audit, summary, say)
+
+
+def _neighbors(data: Dataset, embeddings: np.ndarray | None, say):
+    """The `neighbors` result on the embeddings, else the features; None when there are neither."""
+    from dataaudit.scan.neighbors import neighbors_result
+
+    X, source = (embeddings, "embeddings") if embeddings is not None else (data.features, "features")
+    if X is None:
+        return None
+    say(f"near-duplicates and outliers on the {source}")
+    return neighbors_result(X, data.labels, source=source)
 
 
 class _HeldLog:
@@ -101,7 +120,9 @@ def _named_classes(data: Dataset) -> int | None:
     return len(data.class_names) if data.class_names is not None else None
 
 
-def _model_probs(data: Dataset, model, *, arch, trust_pickle, device, batch_size, say) -> tuple[np.ndarray, list[str]]:
+def _model_probs(data: Dataset, model, *, arch, trust_pickle, device, batch_size,
+                 say) -> tuple[np.ndarray, list[str], np.ndarray]:
+    """(out-of-sample probabilities (n, k), warnings, embeddings (n, d)) from the model."""
     from dataaudit.scan.checkpoint import load_model
     from dataaudit.scan.predict import cross_val_probs, predict
 
@@ -134,7 +155,7 @@ def _model_probs(data: Dataset, model, *, arch, trust_pickle, device, batch_size
                       "cross-validating on the model's logits instead of its embeddings")
         embeddings = logits
     say(f"5-fold cross-validated logistic regression on {embeddings.shape[1]}-dimensional embeddings")
-    return cross_val_probs(embeddings, data.labels, num_classes=k), warned
+    return cross_val_probs(embeddings, data.labels, num_classes=k), warned, embeddings
 
 
 def _load_tracked(run_dir: str | Path):
@@ -156,6 +177,8 @@ def _merge(tracked, scan_audit, summary: dict, say):
     run_audit = analyze(tracked)
     results = dict(run_audit.results)
     scanned = scan_audit.results["labels"]
+    if "neighbors" in scan_audit.results:
+        results["neighbors"] = scan_audit.results["neighbors"]
     if results.get("labels") is None or results["labels"].status == "skipped":
         results["labels"] = scanned
         summary["labels_from"] = "scan"
