@@ -22,6 +22,8 @@ class Audit:
     verdict : what holds the training loss up: "data", "optimizer", "mixed" or "none".
     data_share : the part of the plateau traced to the data, in [0, 1].
     results : check name -> CheckResult.
+    thumbnails : sample id -> base64 PNG (32x32) of the most suspicious images, for the HTML report only
+        (image-folder scans); never written to audit.json.
     """
 
     verdict: str
@@ -32,6 +34,7 @@ class Audit:
     attribution: dict[str, Any] = field(default_factory=dict)
     run_summary: dict[str, Any] = field(default_factory=dict)
     run: Run | None = field(default=None, repr=False, compare=False)
+    thumbnails: dict[int, str] = field(default_factory=dict, repr=False, compare=False)
 
     def __post_init__(self):
         if self.verdict not in VERDICTS:

@@ -7,6 +7,7 @@ optimizer evidence. It never recomputes a check: it reads `audit.results` and dr
 from __future__ import annotations
 
 import json
+import re
 from typing import TYPE_CHECKING, Any
 
 import jinja2
@@ -25,6 +26,7 @@ _ENV = jinja2.Environment(
 )
 _MAX_VALUE_CHARS = 160  # an evidence value longer than this is cut: the JSON holds it whole
 _MAX_TABLE_ROWS = 200  # coverage and drift tables; the plots above them show every epoch
+_BASE64 = re.compile(r"[A-Za-z0-9+/]+={0,2}")
 
 
 def render_html(audit: Audit) -> str:
@@ -57,7 +59,7 @@ def render_html(audit: Audit) -> str:
         "one_epoch": one_epoch,
         "loss_table": _loss_summary(losses),
         "findings": [_finding(f) for f in audit.findings],
-        "samples": figures.suspicious_samples(audit),
+        "samples": _with_thumbnails(figures.suspicious_samples(audit), audit.thumbnails),
         "n_label_issues": len(audit.label_issues),
         "labels_method": labels.details.get("method") if labels is not None else None,
         "labels_skipped": labels.details.get("skipped") if labels is not None else "the labels check was not run",
@@ -139,6 +141,18 @@ def _evidence(audit: Audit) -> list[tuple[str, str]]:
                 value = f"{value[0]}–{value[1]}" if value[0] != value[1] else str(value[0])
             rows.append((label, _value(value)))
     return rows
+
+
+def _with_thumbnails(samples: list[dict[str, Any]], thumbnails: dict[int, str]) -> list[dict[str, Any]]:
+    """Each row with `thumbnail` (base64 PNG, or None); a string that is not plain base64 is dropped."""
+    if not thumbnails:
+        return samples
+    out = []
+    for s in samples:
+        text = thumbnails.get(int(s["sample_id"]))
+        ok = isinstance(text, str) and _BASE64.fullmatch(text) is not None
+        out.append({**s, "thumbnail": text if ok else None})
+    return out
 
 
 def _finding(f) -> dict[str, Any]:

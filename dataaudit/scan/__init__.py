@@ -83,8 +83,44 @@ def scan(dataset_dir: str | Path, *, model: Any = None, pred_probs: str | Path |
     if neighbors is not None:
         summary["neighbors"] = neighbors.details.get("source") or neighbors.details.get("skipped")
     if run is None:
-        return dataclasses.replace(audit, run_summary={**audit.run_summary, "scan": summary})
-    return _merge(tracked, audit, summary, say)
+        audit = dataclasses.replace(audit, run_summary={**audit.run_summary, "scan": summary})
+    else:
+        audit = _merge(tracked, audit, summary, say)
+    if data.kind == "images":
+        audit = dataclasses.replace(audit, thumbnails=_thumbnails(data, audit.label_issues))
+    return audit
+
+
+def _thumbnails(data: Dataset, ids, *, size: int = 32) -> dict[int, str]:
+    """sample id -> base64 PNG (size x size, aspect kept, padded) of the report's most suspicious images.
+
+    Only the rows the report shows (figures.TOP_SAMPLES): the page stays small. An image that cannot be
+    read again is left out; its row shows no thumbnail.
+    """
+    import base64
+    import io
+
+    from PIL import Image
+
+    from dataaudit.report.figures import TOP_SAMPLES
+
+    out = {}
+    for i in list(ids)[:TOP_SAMPLES]:
+        i = int(i)
+        if data.files is None or not 0 <= i < len(data.files):
+            continue
+        try:
+            with Image.open(data.path / data.files[i]) as im:
+                im = im.convert("RGB")
+                im.thumbnail((size, size))
+                canvas = Image.new("RGB", (size, size), (255, 255, 255))
+                canvas.paste(im, ((size - im.width) // 2, (size - im.height) // 2))
+        except Exception:  # removed or corrupted since loading: no thumbnail, the report still renders
+            continue
+        buffer = io.BytesIO()
+        canvas.save(buffer, format="PNG", optimize=True)
+        out[i] = base64.b64encode(buffer.getvalue()).decode("ascii")
+    return out
 
 
 def _neighbors(data: Dataset, embeddings: np.ndarray | None, say):
