@@ -21,8 +21,14 @@ def _fail(message: str) -> None:
 
 
 def _finish(audit, out: Path, fail_on: str) -> None:
+    from dataaudit.scan import flagged_table
+
+    out.mkdir(parents=True, exist_ok=True)
+    flagged = flagged_table(audit)
+    flagged.to_csv(out / "flagged.csv", index=False)
     audit.write_json(out / "audit.json")
     audit.write_html(out / "audit.html")
+    typer.echo(f"{len(flagged)} suspected label errors in {out / 'flagged.csv'}")
     worst = max((_SEVERITY[f.severity] for f in audit.findings), default=-1)
     typer.echo(f"verdict: {audit.verdict} (data share {audit.data_share:.0%}); "
                f"{len(audit.findings)} findings; report in {out / 'audit.html'}")
@@ -79,7 +85,7 @@ def scan(dataset_dir: Path = typer.Argument(..., help="data.npz, one .csv/.parqu
         _fail(f"--device: expected cpu or cuda; got {device!r}")
     if arch is not None and model is None:
         _fail("--arch needs --model (a state_dict checkpoint)")
-    from dataaudit.scan import ScanInputError, flagged_table
+    from dataaudit.scan import ScanInputError
     from dataaudit.scan import scan as run_scan
 
     if device.startswith("cuda"):
@@ -92,10 +98,6 @@ def scan(dataset_dir: Path = typer.Argument(..., help="data.npz, one .csv/.parqu
                          log=lambda line: typer.echo(line, err=True))
     except ScanInputError as e:
         _fail(str(e))
-    out.mkdir(parents=True, exist_ok=True)
-    flagged = flagged_table(audit)
-    flagged.to_csv(out / "flagged.csv", index=False)
-    typer.echo(f"{len(flagged)} suspected label errors in {out / 'flagged.csv'}")
     _finish(audit, out, fail_on)
 
 
@@ -114,3 +116,7 @@ def demo(out: Path = typer.Option(Path("reports"), help="Where the run and the r
 
 def main() -> None:  # pragma: no cover
     sys.exit(app())
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

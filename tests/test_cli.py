@@ -189,3 +189,27 @@ def test_scan_with_a_tracked_run_adds_the_scan_labels(tmp_path, rng):
     assert audit["run"]["scan"]["labels_from"] == "run"
     assert pd.read_csv(out / "flagged.csv")["sample_id"].tolist()[:5] == \
         [f["ids"] for f in audit["findings"] if f["check"] == "scan_labels"][0][:5]
+
+
+def test_report_on_a_tracked_run(tmp_path):
+    from dataaudit.demo import digits_with_noise
+    from fixtures.training import train
+
+    X, y, flipped = digits_with_noise(0.2, seed=1)
+    train(tmp_path / "run", X[:600], y[:600], epochs=12, batch_size=64, lr=1e-3, hidden=64, depth=2)
+    result = CliRunner().invoke(app, ["report", str(tmp_path / "run"), "--out", str(tmp_path / "out"),
+                                      "--fail-on", "critical"])
+    assert result.exit_code in (0, 1), result.output
+    audit = json.loads((tmp_path / "out" / "audit.json").read_text())
+    flagged = pd.read_csv(tmp_path / "out" / "flagged.csv")
+    assert flagged["sample_id"].tolist() == audit["label_issues"]
+    assert "file" not in flagged.columns          # tracked runs have no sample files
+    assert (tmp_path / "out" / "audit.html").stat().st_size > 0
+
+
+def test_report_on_a_missing_run_exits_2(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "dataaudit.cli", "report", str(tmp_path / "nope")],
+                            capture_output=True, text=True)
+    assert result.returncode == 2
+    assert result.stderr.strip().count("\n") == 0 and "no such run directory" in result.stderr
+    assert "Traceback" not in result.stderr

@@ -71,7 +71,8 @@ def scan(dataset_dir: str | Path, *, model: Any = None, pred_probs: str | Path |
     for line in warned:
         say(f"warning: {line}")
     notes += warned
-    meta = {"source": "scan", "dataset": str(data.path), "class_names": data.class_names, "files": data.files}
+    meta = {"source": "scan", "dataset": str(data.path), "class_names": data.class_names,
+            "sample_files": data.files}
     scan_run = Run.from_arrays(data.labels, probs, features=data.features, meta=meta)
     say("running the checks: " + ", ".join(SCAN_CHECKS))
     audit = analyze(scan_run, checks=SCAN_CHECKS)
@@ -255,7 +256,7 @@ def flagged_table(audit):
     if names:
         out["given_class"] = [names[i] for i in out["given_label"]]
         out["suggested_class"] = [names[i] if 0 <= i < len(names) else "" for i in out["suggested_label"]]
-    files = audit.run.meta.get("files") if audit.run is not None else None
+    files = audit.run.meta.get("sample_files") if audit.run is not None else None
     if files:
         out["file"] = [files[i] if 0 <= i < len(files) else "" for i in out["sample_id"]]
     return out
