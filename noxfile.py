@@ -25,10 +25,11 @@ def lint(session: nox.Session) -> None:
 
 @nox.session(python="3.11")
 def bench(session: nox.Session) -> None:
-    """Speed and quality figures: tracker overhead, label-issue precision/recall/F1 against cleanlab."""
+    """Speed and quality figures: tracker overhead, analyze at scale, label-issue precision/recall/F1."""
     session.install(TORCH)
     session.install("-e", ".[test]")
     session.run("python", "-c", "import time; t = time.perf_counter(); import dataaudit; "
                 "print(f'import dataaudit: {time.perf_counter() - t:.2f} s (target < 1 s)')")
     session.run("python", "benchmarks/bench_overhead.py")
+    session.run("python", "benchmarks/bench_scale.py")
     session.run("python", "benchmarks/bench_labels.py", *session.posargs)

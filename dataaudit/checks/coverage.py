@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from dataaudit.checks.base import CheckResult, Finding
-from dataaudit.run import Run
+from dataaudit.run import Run, positions, unique_ids
 
 NAME = "coverage"
 
@@ -44,9 +44,9 @@ def check(run: Run, *, split: str = "train") -> CheckResult:
 def _compute_coverage(draws: dict[int, np.ndarray], coverage: pd.DataFrame, epochs: list[int],
                       dataset_size: int | None) -> CheckResult:
     complete = [draws[e] for e in epochs]
-    drawn_ever = np.unique(np.concatenate(list(draws.values()))) if draws else np.empty(0, np.int64)
+    drawn_ever = unique_ids(np.concatenate(list(draws.values()))) if draws else np.empty(0, np.int64)
     universe = np.arange(dataset_size, dtype=np.int64) if dataset_size is not None else drawn_ever
-    in_complete = np.unique(np.concatenate(complete))
+    in_complete = unique_ids(np.concatenate(complete))
     missing = np.setdiff1d(universe, in_complete)
 
     # Per id, over complete epochs: epochs it was absent from, and its most draws in one epoch.
@@ -55,13 +55,15 @@ def _compute_coverage(draws: dict[int, np.ndarray], coverage: pd.DataFrame, epoc
     most = np.zeros(n_universe, np.int64)
     duplicate_ids: set[int] = set()
     for ids in complete:
-        pos = np.searchsorted(universe, ids)
-        pos = pos[(pos < n_universe) & (universe[np.minimum(pos, n_universe - 1)] == ids)]
-        counts = np.bincount(pos, minlength=n_universe)
+        pos, ok = positions(universe, ids)
+        counts = np.bincount(pos[ok], minlength=n_universe)
         absent += counts == 0
         most = np.maximum(most, counts)
-        uniq, c = np.unique(ids, return_counts=True)
-        duplicate_ids.update(uniq[c > 1].tolist())
+        if ok.all():  # every draw is in the universe: the counts are the ids' counts
+            duplicate_ids.update(universe[counts > 1].tolist())
+        else:
+            uniq, c = np.unique(ids, return_counts=True)
+            duplicate_ids.update(uniq[c > 1].tolist())
     sometimes = np.flatnonzero((absent > 0) & (absent < len(complete)))
 
     per_epoch = coverage.drop(columns=["order_hash"]).to_dict("records")

@@ -6,7 +6,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from dataaudit.run import Split
+from dataaudit.run import Split, in_epochs
 
 # A change of a tenth of the loss level is "meaningful": epoch-to-epoch noise of a
 # full-dataset mean loss is ~1%, and a tenth is what a practitioner reads off a curve.
@@ -28,7 +28,7 @@ def epoch_losses(split: Split) -> pd.DataFrame:
     epochs = split.complete_epochs
     if not len(records) or not epochs:
         return pd.DataFrame({c: pd.Series(dtype="float64") for c in columns}).astype({"epoch": "int64"})
-    records = records[records["epoch"].isin(epochs)]
+    records = in_epochs(records, epochs)
     loss = records["loss"].to_numpy(dtype=np.float64)
     finite = np.isfinite(loss)
     labelled = records["label"].to_numpy() >= 0

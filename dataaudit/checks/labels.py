@@ -27,14 +27,17 @@ assigns elsewhere are kept, and the evidence is called moderate.
 """
 from __future__ import annotations
 
+import dataclasses
+import functools
 import warnings
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
 from dataaudit.checks.base import CheckResult, Finding
-from dataaudit.run import Run
+from dataaudit.run import Run, positions, unique_ids
 
 NAME = "labels"
 # Below this lift over always guessing the commonest class, the model has not learnt enough to judge labels.
@@ -57,14 +60,16 @@ class Dynamics:
     ids : (n,) sample ids; labels : (n,) given labels (-1 unknown);
     margin : (n, E) margin per epoch (NaN where the sample was not drawn);
     pred : (n, E) predicted class per epoch (-1 where not drawn);
-    probs : (E, n, k) predicted probabilities per epoch, or None if not stored.
+    probs : j -> (n, k) float32 predicted probabilities in the j-th epoch (NaN rows where the sample
+        was not drawn), or None if not stored. Read one epoch at a time: all of them at once are
+        E x n x k floats (800 MB at 10^6 samples, 20 epochs, 10 classes).
     """
 
     ids: np.ndarray
     labels: np.ndarray
     margin: np.ndarray
     pred: np.ndarray
-    probs: np.ndarray | None
+    probs: Callable[[int], np.ndarray] | None
     epochs: list[int]
 
 
@@ -83,53 +88,64 @@ def check(run: Run) -> CheckResult:
 
 def _dynamics(run: Run, epochs: list[int]) -> Dynamics:
     records = run.train.records
-    records = records[records["epoch"].isin(epochs) & (records["label"] >= 0)]
-    ids, index = np.unique(records["sample_id"].to_numpy(), return_inverse=True)
-    column = np.searchsorted(epochs, records["epoch"].to_numpy())
+    epoch_col = records["epoch"].to_numpy()
+    label_col = records["label"].to_numpy()
+    keep = np.isin(epoch_col, epochs) & (label_col >= 0)
+    everything = bool(keep.all())  # the usual case: no copy of the 20M-row columns
+
+    def column(name: str) -> np.ndarray:
+        values = records[name].to_numpy()
+        return values if everything else values[keep]
+
+    ids, index = unique_ids(column("sample_id"), return_inverse=True)
+    col = np.searchsorted(epochs, epoch_col if everything else epoch_col[keep])
+    n_epochs = len(epochs)
     # mean per (sample, epoch): a sample drawn twice in an epoch counts once
-    total = np.zeros((len(ids), len(epochs)))
-    count = np.zeros((len(ids), len(epochs)))
-    np.add.at(total, (index, column), records["margin"].to_numpy(np.float64))
-    np.add.at(count, (index, column), 1)
+    cell = index * n_epochs + col
+    size = len(ids) * n_epochs
+    total = np.bincount(cell, weights=column("margin").astype(np.float64), minlength=size)
+    count = np.bincount(cell, minlength=size)
     with np.errstate(invalid="ignore"):
-        margin = total / count
+        margin = (total / count).reshape(len(ids), n_epochs)
+    del total, count
     labels = np.full(len(ids), -1, np.int64)
-    labels[index] = records["label"].to_numpy()
-    pred = np.full((len(ids), len(epochs)), -1, np.int64)
-    pred[index, column] = records["pred"].to_numpy()
+    labels[index] = label_col if everything else label_col[keep]
+    pred = np.full((len(ids), n_epochs), -1, np.int32)
+    pred[index, col] = column("pred")
+    del cell, index, col
     probs = None
     k = run.num_classes
     if k is not None and all(e in run.train.probs_source for e in epochs):
-        probs = np.full((len(epochs), len(ids), k), np.nan, np.float32)
-        for j, e in enumerate(epochs):
-            got = run.train.probs(e)
-            if got is None:
-                probs = None
-                break
-            pid, p = got
-            pos = np.searchsorted(ids, pid)
-            ok = (pos < len(ids)) & (ids[np.minimum(pos, len(ids) - 1)] == pid)
-            probs[j, pos[ok]] = p[ok]
+        probs = functools.partial(_epoch_probs, run.train, ids, epochs, k)
     return Dynamics(ids, labels, margin, pred, probs, list(epochs))
 
 
+def _epoch_probs(split, ids: np.ndarray, epochs: list[int], k: int, j: int) -> np.ndarray | None:
+    """Probabilities (n, k) of `ids` in the j-th of `epochs`, NaN rows where not drawn; None if not stored."""
+    got = split.probs(epochs[j])
+    if got is None:
+        return None
+    pid, p = got
+    out = np.full((len(ids), k), np.nan, np.float32)
+    pos, ok = positions(ids, pid)
+    if ok.all():
+        out[pos] = p
+    else:
+        out[pos[ok]] = p[ok]
+    return out
+
+
 def _compute_label_issues(d: Dynamics, k: int) -> CheckResult:
-    from cleanlab.count import num_label_issues
     from cleanlab.filter import find_label_issues
 
     n, n_epochs = d.margin.shape
     first = 1 if n_epochs > 1 else 0
     ends = _window_candidates(first, n_epochs)
-    # Per candidate window: probabilities averaged over it, margins averaged over it.
-    best = None
-    for end in ends:
-        pp, aum = _window(d, first, end, k)
-        # without stored probabilities (many classes), the margin alone: negative = model prefers another class
-        n_issues = _count_issues(num_label_issues, d.labels, pp) if pp is not None else int((aum < 0).sum())
-        sep = _separation(aum, n_issues)
-        if best is None or sep > best[0] + 1e-9:
-            best = (sep, end, pp, aum, n_issues)
-    _, end, pp, aum, n_issues = best
+    try:
+        end, pp, aum, n_issues = _best_window(d, first, ends, k)
+    except _NoProbs:  # an epoch without stored probabilities: margins alone, as when none are stored
+        d = dataclasses.replace(d, probs=None)
+        end, pp, aum, n_issues = _best_window(d, first, ends, k)
 
     prior_max = np.bincount(d.labels, minlength=k).max() / n
     agreement = float((pp.argmax(1) == d.labels).mean()) if pp is not None else float((aum > 0).mean())
@@ -198,18 +214,62 @@ def _window_candidates(first: int, n_epochs: int) -> list[int]:
     return [int(e) for e in ends if e > first] or [n_epochs]
 
 
-def _window(d: Dynamics, first: int, end: int, k: int) -> tuple[np.ndarray | None, np.ndarray]:
-    """(probabilities (n, k) or None if not stored, area under the margin (n,)) averaged over epochs first..end-1."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # samples never drawn in the window
-        aum = np.nanmean(d.margin[:, first:end], axis=1)
-        pp = None if d.probs is None else np.nanmean(d.probs[first:end], axis=0).astype(np.float64)
-    aum = np.where(np.isfinite(aum), aum, 0.0)
-    if pp is None:
-        return None, aum
-    pp = np.where(np.isfinite(pp), pp, 1.0 / k)
-    pp = np.clip(pp, 1e-9, None)
-    return pp / pp.sum(1, keepdims=True), aum
+class _NoProbs(Exception):
+    """An epoch of the window has no stored probabilities."""
+
+
+def _best_window(d: Dynamics, first: int, ends: list[int], k: int) -> tuple[int, np.ndarray | None, np.ndarray, int]:
+    """(end, probabilities (n, k) or None, area under the margin (n,), estimated number of issues) of the
+    candidate window whose lowest margins are best separated from the rest."""
+    from cleanlab.count import num_label_issues
+
+    best = None
+    for end, pp, aum in _windows(d, first, ends, k):
+        # without stored probabilities (many classes), the margin alone: negative = model prefers another class
+        n_issues = _count_issues(num_label_issues, d.labels, pp) if pp is not None else int((aum < 0).sum())
+        sep = _separation(aum, n_issues)
+        if best is None or sep > best[0] + 1e-9:
+            best = (sep, end, pp, aum, n_issues)
+        del pp
+    return best[1:]
+
+
+def _windows(d: Dynamics, first: int, ends: list[int], k: int) -> Iterator[tuple[int, np.ndarray | None, np.ndarray]]:
+    """Per window end (exclusive, ascending): (end, probabilities (n, k) or None if not stored, area under
+    the margin (n,)), averaged over epochs first..end-1.
+
+    The probabilities are summed epoch by epoch, so one epoch's are in memory at a time.
+    """
+    n = len(d.ids)
+    total = count = None
+    if d.probs is not None:
+        total = np.zeros((n, k), np.float32)
+        count = np.zeros((n, k), np.int32)
+    done = first
+    for end in ends:
+        if total is not None:
+            for j in range(done, end):
+                p = d.probs(j)
+                if p is None:
+                    raise _NoProbs
+                missing = np.isnan(p)
+                p[missing] = 0.0
+                total += p
+                count += ~missing
+            done = end
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # samples never drawn in the window
+            aum = np.nanmean(d.margin[:, first:end], axis=1)
+        aum = np.where(np.isfinite(aum), aum, 0.0)
+        if total is None:
+            yield end, None, aum
+            continue
+        # float32 sum divided by the count, as np.nanmean over the stacked epochs would
+        pp = np.divide(total, count, dtype=np.float64).astype(np.float32)
+        pp = pp.astype(np.float64)
+        pp = np.where(np.isfinite(pp), pp, 1.0 / k)
+        pp = np.clip(pp, 1e-9, None)
+        yield end, pp / pp.sum(1, keepdims=True), aum
 
 
 def _count_issues(num_label_issues, labels: np.ndarray, pp: np.ndarray) -> int:
