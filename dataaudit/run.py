@@ -20,8 +20,10 @@ import pyarrow.parquet as pq
 
 from dataaudit import store
 
+# sample_id is int32 in a loaded run whose ids all fit in it (dataset indices), int64 otherwise;
+# label and pred are int32 (class indices, -1 = unknown): at 20M rows each int64 column costs 80 MB more.
 RECORD_COLUMNS = {"epoch": "int32", "sample_id": "int64", "loss": "float32", "prob": "float32",
-                  "margin": "float32", "label": "int64", "pred": "int64", "fingerprint": "float32"}
+                  "margin": "float32", "label": "int32", "pred": "int32", "fingerprint": "float32"}
 COVERAGE_COLUMNS = ["epoch", "seen", "unique", "missing", "duplicates", "complete", "order_hash"]
 _PARTITION = re.compile(r"^(?P<table>\w+)/(?:split=(?P<split>\w+)/)?epoch=(?P<epoch>\d+)/rank=(?P<rank>\d+)/")
 
@@ -119,7 +121,7 @@ class Run:
     def from_arrays(cls, labels: np.ndarray, pred_probs: np.ndarray, *, features: np.ndarray | None = None,
                     ids: np.ndarray | None = None, meta: dict | None = None) -> Run:
         """A one-epoch run from labels (n,) and out-of-sample probabilities (n, k), as `scan` has them."""
-        labels = np.asarray(labels).astype(np.int64)
+        labels = np.asarray(labels).astype(np.int32)
         pred_probs = np.asarray(pred_probs, dtype=np.float64)
         n, k = pred_probs.shape
         ids = np.arange(n, dtype=np.int64) if ids is None else np.asarray(ids, dtype=np.int64)
@@ -131,7 +133,7 @@ class Run:
             "epoch": np.zeros(n, np.int32), "sample_id": ids,
             "loss": (-np.log(np.clip(given, 1e-12, None))).astype(np.float32),
             "prob": given.astype(np.float32), "margin": (given - others.max(1)).astype(np.float32),
-            "label": labels, "pred": pred_probs.argmax(1).astype(np.int64),
+            "label": labels, "pred": pred_probs.argmax(1).astype(np.int32),
             "fingerprint": np.full(n, np.nan, np.float32),
         })
         split_features = {}
@@ -188,8 +190,7 @@ def _load_split(name: str, info: dict, epochs: list[dict], files: dict) -> Split
     # The records of an epoch, in order and with the drawn-but-unrecorded rows, are its draws.
     paths = [f for e in numbers for f in files.get(("records", name, e), [])]
     if paths:
-        rows = pa.concat_tables([pq.read_table(p, columns=[*RECORD_COLUMNS, "recorded"]) for p in paths],
-                                promote_options="default")
+        rows = _read_records(paths)
         epoch_of = rows.column("epoch").to_numpy()
         ids = rows.column("sample_id").to_numpy()
         draws = {e: ids[epoch_of == e] for e in numbers}
@@ -222,6 +223,30 @@ def _load_split(name: str, info: dict, epochs: list[dict], files: dict) -> Split
     return Split(name, records, coverage_table(draws, complete, size), draws=draws, features=features,
                  reservoir=reservoir, dataset_size=size, input_shape=tuple(shape) if shape else None,
                  probs_source=has_probs)
+
+
+def _read_records(paths: list[Path]) -> pa.Table:
+    """The records of `paths` as one table, narrowed file by file (label and pred to int32, sample_id to int32
+    when every id fits), so that the wide columns of all the files are never held at once."""
+    small = pa.int32()
+    limit = np.iinfo(np.int32)
+    parts = []
+    for path in paths:
+        table = pq.read_table(path, columns=[*RECORD_COLUMNS, "recorded"])
+        for name in ("label", "pred", "epoch"):
+            i = table.schema.get_field_index(name)
+            if i >= 0 and table.schema.field(i).type != small:
+                table = table.set_column(i, name, pa.compute.cast(table.column(i), small))
+        parts.append(table)
+    ids = [t.column("sample_id") for t in parts if t.num_rows]
+    bounds = [pa.compute.min_max(c).as_py() for c in ids]
+    fits = all(b["min"] is None or (limit.min <= b["min"] and b["max"] <= limit.max) for b in bounds)
+    target = small if fits else pa.int64()
+    for k, table in enumerate(parts):
+        i = table.schema.get_field_index("sample_id")
+        if table.schema.field(i).type != target:
+            parts[k] = table.set_column(i, "sample_id", pa.compute.cast(table.column(i), target))
+    return pa.concat_tables(parts, promote_options="default")
 
 
 def unique_ids(ids: np.ndarray, *, return_inverse: bool = False):
