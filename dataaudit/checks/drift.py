@@ -36,7 +36,7 @@ import numpy as np
 import pandas as pd
 
 from dataaudit.checks.base import CheckResult, Finding, json_number
-from dataaudit.run import Run, Split, in_epochs
+from dataaudit.run import Run, Split, in_epochs, positions, unique_ids
 
 NAME = "drift"
 
@@ -111,11 +111,7 @@ def _compute_drift(data: Split, epochs: list[int]) -> CheckResult:
     known = np.isfinite(fp)
     labels = records["label"].to_numpy()
     has_label = labels >= 0
-    # one sort serves both comparisons when every row has a fingerprint and a label (the usual case)
-    order = _draw_order(rec_epoch, rec_ids) if known.all() and has_label.all() else None
-    fp_changes = (_compute_changes(epochs_arr, rec_epoch, rec_ids, fp, tolerance=_fp_tolerance, order=order)
-                  if order is not None else
-                  _compute_changes(epochs_arr, rec_epoch[known], rec_ids[known], fp[known], tolerance=_fp_tolerance))
+    fp_changes = _compute_changes(epochs_arr, *_rows(known, rec_epoch, rec_ids, fp), tolerance=_fp_tolerance)
     fp_index, pipeline = _compute_first_change(fp_changes["changed"], fp_changes["compared"])
 
     # distributional evidence: KS scan of the reservoirs
@@ -126,10 +122,7 @@ def _compute_drift(data: Split, epochs: list[int]) -> CheckResult:
     input_index, method = _earliest((fp_index, "fingerprint"), (ks_index, "ks"))
 
     # labels: per id, and class proportions
-    label_changes = (_compute_changes(epochs_arr, rec_epoch, rec_ids, labels, tolerance=None, order=order)
-                     if order is not None else
-                     _compute_changes(epochs_arr, rec_epoch[has_label], rec_ids[has_label], labels[has_label],
-                                      tolerance=None))
+    label_changes = _compute_changes(epochs_arr, *_rows(has_label, rec_epoch, rec_ids, labels), tolerance=None)
     label_id_index, label_pipeline = _compute_first_change(label_changes["changed"], label_changes["compared"])
     counts = _compute_class_counts(epochs_arr, rec_epoch[has_label], labels[has_label])
     label_p = _compute_chi2_scan(counts)
@@ -203,10 +196,16 @@ def _compute_drift(data: Split, epochs: list[int]) -> CheckResult:
 
 
 def _fingerprints(records: pd.DataFrame) -> np.ndarray:
-    """The fingerprint column as float64, shape (n,); all NaN for runs written before it existed."""
+    """The fingerprint column as stored (float32), shape (n,); all NaN for runs written before it existed.
+    Compared in float64 one epoch at a time (`_compute_changes`)."""
     if "fingerprint" not in records.columns:
-        return np.full(len(records), np.nan)
-    return records["fingerprint"].to_numpy(dtype=np.float64)
+        return np.full(len(records), np.nan, np.float32)
+    return records["fingerprint"].to_numpy()
+
+
+def _rows(keep: np.ndarray, *columns: np.ndarray) -> tuple[np.ndarray, ...]:
+    """The columns, filtered by `keep` (n,) only when something is to be dropped (no copy otherwise)."""
+    return columns if keep.all() else tuple(c[keep] for c in columns)
 
 
 def _fp_tolerance(previous: np.ndarray, scale: float) -> np.ndarray:
@@ -214,15 +213,8 @@ def _fp_tolerance(previous: np.ndarray, scale: float) -> np.ndarray:
     return _FINGERPRINT_RTOL * (np.abs(previous) + scale)
 
 
-def _draw_order(rec_epoch: np.ndarray, ids: np.ndarray) -> np.ndarray:
-    """The stable sort of the rows by (id, epoch): one sort by id when the rows come epoch by epoch (they do)."""
-    if len(rec_epoch) < 2 or (rec_epoch[1:] >= rec_epoch[:-1]).all():
-        return np.argsort(ids, kind="stable")
-    return np.lexsort((rec_epoch, ids))
-
-
 def _compute_changes(epochs: np.ndarray, rec_epoch: np.ndarray, ids: np.ndarray, values: np.ndarray, *,
-                     tolerance: Any, order: np.ndarray | None = None) -> dict[str, np.ndarray]:
+                     tolerance: Any) -> dict[str, np.ndarray]:
     """Per epoch, how many ids seen before came back with a different value.
 
     Parameters
@@ -230,42 +222,53 @@ def _compute_changes(epochs: np.ndarray, rec_epoch: np.ndarray, ids: np.ndarray,
     epochs : (T,) the epochs judged, ascending.
     rec_epoch, ids, values : (n,) one row per recorded sample: its epoch, id and value (fingerprint or label).
     tolerance : None for exact comparison (labels), else f(previous (m,), scale) -> (m,) allowed difference.
-    order : `_draw_order(rec_epoch, ids)` when already computed.
 
     Returns
     -------
     dict of (T,) int arrays: compared (ids seen in an earlier epoch), changed (value differs from the
     id's previous sighting), changed_first (differs from the id's first sighting).
+
+    One epoch at a time against per-id last and first values: memory stays at a few arrays the size of
+    the dataset, where sorting all rows by id took several the size of the run (20M rows at 10^6 x 20).
     """
     out = {k: np.zeros(len(epochs), np.int64) for k in ("compared", "changed", "changed_first")}
     if len(ids) == 0:
         return out
-    # An id drawn twice in one epoch (sampling with replacement) counts once, at its first draw:
-    # a stable sort by (id, epoch) keeps draws in their recorded order.
-    order = _draw_order(rec_epoch, ids) if order is None else order
-    ids, rec_epoch, values = ids[order], rec_epoch[order], values[order]
-    first_of_pair = np.r_[True, (ids[1:] != ids[:-1]) | (rec_epoch[1:] != rec_epoch[:-1])]
-    if not first_of_pair.all():  # without repeated draws, no copy (3 x 160 MB at 20M rows)
-        ids, rec_epoch, values = ids[first_of_pair], rec_epoch[first_of_pair], values[first_of_pair]
-    del order, first_of_pair
-
-    new_id = np.r_[True, ids[1:] != ids[:-1]]
-    group = np.cumsum(new_id) - 1
-    first_value = values[np.flatnonzero(new_id)][group]
-    again = ~new_id                                     # rows whose id was seen in an earlier epoch
-    previous = np.roll(values, 1)
-    if tolerance is None:
-        changed = values != previous
-        changed_first = values != first_value
-    else:
-        scale = float(np.median(np.abs(values - np.median(values)))) or float(np.abs(values).max()) or 1.0
-        changed = np.abs(values - previous) > tolerance(previous, scale)
-        changed_first = np.abs(values - first_value) > tolerance(first_value, scale)
-    position = np.searchsorted(epochs, rec_epoch[again])
-    out["compared"] = np.bincount(position, minlength=len(epochs))
-    out["changed"] = np.bincount(position, weights=changed[again], minlength=len(epochs)).astype(np.int64)
-    out["changed_first"] = np.bincount(position, weights=changed_first[again], minlength=len(epochs)).astype(np.int64)
+    uniq = unique_ids(ids)
+    dtype = np.float64 if tolerance is not None else values.dtype
+    last, first = np.zeros(len(uniq), dtype), np.zeros(len(uniq), dtype)
+    seen = np.zeros(len(uniq), bool)
+    scale = _scale(values) if tolerance is not None else 0.0
+    # the rows come epoch by epoch (they do when loaded): slices, no masks
+    by_epoch = len(rec_epoch) < 2 or bool((rec_epoch[1:] >= rec_epoch[:-1]).all())
+    starts, ends = (np.searchsorted(rec_epoch, epochs), np.searchsorted(rec_epoch, epochs, side="right")) \
+        if by_epoch else (None, None)
+    for t, epoch in enumerate(epochs):
+        rows = slice(starts[t], ends[t]) if by_epoch else rec_epoch == epoch
+        pos, _ = positions(uniq, ids[rows])
+        vals = values[rows].astype(dtype, copy=False)
+        if len(pos) and np.bincount(pos).max() > 1:  # drawn twice in one epoch: its first draw counts
+            _, firsts = np.unique(pos, return_index=True)
+            pos, vals = pos[firsts], vals[firsts]
+        again = seen[pos]
+        p, v = pos[again], vals[again]
+        if tolerance is None:
+            changed, changed_first = v != last[p], v != first[p]
+        else:
+            changed = np.abs(v - last[p]) > tolerance(last[p], scale)
+            changed_first = np.abs(v - first[p]) > tolerance(first[p], scale)
+        out["compared"][t], out["changed"][t], out["changed_first"][t] = again.sum(), changed.sum(), changed_first.sum()
+        new = ~again
+        first[pos[new]] = vals[new]
+        last[pos] = vals
+        seen[pos] = True
     return out
+
+
+def _scale(values: np.ndarray, most: int = 2_000_000) -> float:
+    """Median absolute deviation of the values (on an even subsample of at most `most`), else their largest size."""
+    sample = values[:: max(1, len(values) // most)].astype(np.float64)
+    return float(np.median(np.abs(sample - np.median(sample)))) or float(np.abs(sample).max()) or 1.0
 
 
 def _compute_first_change(changed: np.ndarray, compared: np.ndarray) -> tuple[int | None, str]:
