@@ -71,7 +71,9 @@ class EpochBuffer:
             self.reservoir.update(ids, projection(x))
         if chunk.rows:
             table = records_table(chunk.rows, self.epoch, store_probs=store_probs)
-            self.nonfinite += int((~np.isfinite(table.column("loss").to_numpy())).sum())
+            # drawn-but-unrecorded rows carry NaN for "no loss", not a non-finite loss
+            recorded = table.column("recorded").to_numpy(zero_copy_only=False)
+            self.nonfinite += int((~np.isfinite(table.column("loss").to_numpy()) & recorded).sum())
             self.write(run_dir, "records", table, f"part-{self.session}-{self.chunks:05d}.parquet")
             self.chunks += 1
 

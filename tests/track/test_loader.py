@@ -120,6 +120,7 @@ def test_batches_not_recorded_still_count_as_drawn(run_dir):
     run = dataaudit.load_run(run_dir)
     assert run.coverage["seen"].tolist() == [30]
     assert len(run.records) == 20
+    assert run.meta["epochs"][0]["nonfinite_losses"] == 0   # the unrecorded batch has no loss, not a NaN one
 
 
 def test_without_auto_collation(run_dir):
