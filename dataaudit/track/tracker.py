@@ -158,7 +158,7 @@ class Tracker:
         # Only copies here: the statistics are computed later over many batches at
         # once (see _flush), which costs a few kernels per chunk instead of per batch.
         # Copies, not views: loaders and CUDA graphs may reuse their buffers.
-        row: dict[str, Any] = {"ids": ids, "n": n, "loss": losses.float().clone()}
+        row: dict[str, Any] = {"ids": ids, "n": n, "loss": losses.to(torch.float32, copy=True)}
         num_classes = self._manifest.get("num_classes")
         if logits is not None:
             logits = _check_rows("logits", logits, n, ndim=2)
@@ -166,7 +166,7 @@ class Tracker:
                 raise ValueError(f"record() got logits with {logits.shape[1]} classes; "
                                  f"earlier batches had {num_classes}")
             num_classes = self._manifest["num_classes"] = int(logits.shape[1])
-            row["logits"] = logits.detach().float().clone()
+            row["logits"] = logits.detach().to(torch.float32, copy=True)
         if targets is not None:
             row["label"] = as_targets(targets, n, num_classes).clone()
         epoch = pending.epoch
