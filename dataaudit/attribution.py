@@ -1,36 +1,50 @@
 """What holds the training loss up: the data, the optimisation side, both, or nothing.
 
-Method (also in the README and the report):
+The data share is defined by a counterfactual (``zoo/counterfactual.py``): train the
+run as it was (bb), with the data fixed (fb), with the optimisation side fixed (bf)
+and with both fixed (ff); the loss that fixing removes, L_bb - L_ff, is split between
+the two sides by Shapley value,
 
-1. The plateau level L is the mean training loss over the plateau epochs (from
-   the plateau check's onset to the end; the last third of training when no
-   plateau was found).
-2. Label share, the larger of two estimates, with a 90% bootstrap interval over
-   samples:
-   - measured: ``(L - L_rest) / L``, where L_rest is the mean loss of the
-     unflagged samples: what the flagged samples add above the rest;
-   - the floor wrong labels impose: even a perfect model cannot go below the
-     conditional entropy of the given labels given the true ones,
-     ``H = sum_c p(c) H(given | true = c)``, estimated from the flagged samples
-     and their suggested labels; ``min(1, H / L)``. It counts what noise does
-     to the clean samples too (it keeps the model from being confident on any
-     sample), which the measured split misses. It presumes a model that fit its
-     clean samples, so it is left out when an optimizer signal fires.
-3. Other data faults have no per-sample loss to split, so they enter as
-   evidence, not as a decomposition: a critical finding of the feature-scale,
-   class-imbalance, drift or coverage check makes the data share at least 0.5,
-   a warning at least 0.25 (the method says so in audit.json).
-4. The optimisation side is implicated when the optimizer check raises a signal,
-   or when a plateau's clean remainder has not converged: L_rest stays above what
-   the label noise alone leaves on clean samples (about -ln(1 - rho) for a share
-   rho of wrong labels, with slack) plus 5% of the first epoch's loss. The label share already counts only
-   what flagged samples add beyond the remainder's own misfit, so samples that
-   are merely hard for a stuck model do not count as the data's fault (and the
-   label check itself flags nothing when the model learnt too little).
-5. Verdict: "none" when there is no plateau (or the loss converged) and no data
-   finding at warning level or above; otherwise "data" when the data share is at
-   least 0.6 and the optimisation side is not implicated, "optimizer" when the
-   data share is at most 0.3 and it is, "mixed" in between.
+    phi_data = ((L_bb - L_fb) + (L_bf - L_ff)) / 2,   share = phi_data / (L_bb - L_ff),
+
+and is 0 when fixing removes less than 5% of the first epoch's loss. The audit
+cannot train those runs, so it estimates the three missing levels from the run's own
+records (method, also in the README and the report):
+
+1. Level. L is the mean per-sample training loss over the last third of the complete
+   epochs; eps is 5% of the first epoch's loss. A run that converged (plateau check),
+   or whose L is below eps, has nothing removable: share 0, verdict "none", whatever
+   its data findings say (they stay in the findings).
+2. What fixing the data removes, per fault, over the same epochs:
+   - label noise (labels check at warning or above): what the flagged samples add
+     above the rest, f (L_flagged - L_rest), plus what the noise costs the clean rest
+     (an ideal model gives their label only 1 - f: a loss of -ln(1 - f) each, at most
+     L_rest). With the optimiser fixed, a model that fits the clean samples still
+     pays the noise's entropy H(given | true), estimated from the flagged samples and
+     their suggested labels;
+   - class imbalance: the loss the named classes hold above the other classes,
+     weighted by their share of the samples (often ~0: the share then stays 0 while
+     the finding stays);
+   - drift: the mean rise of the epoch loss after the first drift epoch above the
+     epochs just before it (~0 once the model recovered);
+   - coverage: nothing; samples never drawn carry no training loss.
+   The residual R = L - (the above) is the clean remainder's own misfit.
+3. Whether the optimisation side holds anything: an optimizer signal fires, or R and
+   the loss of the unflagged samples the model still mispredicts both exceed eps (a
+   clean remainder the model does not fit; label noise lowers confidence on clean
+   samples, it does not make the model mispredict them). Then the levels are
+   L_bb = L, L_fb = R, L_bf = min(L, what the data faults cost a healthy optimiser),
+   L_ff = 0, and the share is phi_data / L. When it holds nothing, fixing the
+   optimiser changes nothing: share 1 when the data parts remove at least eps, else 0.
+4. Unscaled features (feature-scale check at warning or above) have no per-sample
+   loss: they slow the whole fit. Without an optimizer signal the remainder's misfit
+   R is theirs; with one, both sides slow the same fit and neither can be told apart
+   from the run, so R is split evenly (the Shapley value under that symmetry), and the
+   interval spans all of R.
+5. Interval: 90% bootstrap over samples (plus the even split's full range).
+6. Verdict: "data" when the share is at least 0.6 and the optimisation side holds
+   nothing; "optimizer" when the share is at most 0.3 and it holds something;
+   "none" when nothing is removable or nothing was found to remove it; else "mixed".
 """
 from __future__ import annotations
 
@@ -38,15 +52,28 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import pandas as pd
 
 from dataaudit.checks.base import CheckResult
+from dataaudit.checks.curves import epoch_losses
 from dataaudit.run import Run
 
-_DATA_CHECKS = ("feature_scale", "class_imbalance", "drift", "coverage")
-_EVIDENCE_FLOOR = {"critical": 0.5, "warning": 0.25}
-# The remainder is "converged" when its loss is below this share of the loss at the start of training.
-_CONVERGED = 0.05
+# Fixing removes "nothing" below this share of the first epoch's loss (the counterfactual's own threshold).
+_REMOVABLE = 0.05
+# Findings at these severities are faults to estimate; info-level findings are notes.
+_FAULT = ("warning", "critical")
+# Epochs before the first drift epoch that give the level it rose from.
+_PRE_DRIFT_EPOCHS = 3
+_BOOTSTRAP_DRAWS = 200
+_BOOTSTRAP_SAMPLES = 20000
+
+METHOD = ("Shapley split of the loss that fixing would remove (L = mean training loss over the last third of "
+          "the epochs), from levels estimated on the run itself: fixing the data removes what the flagged "
+          "samples add above the rest plus -ln(1 - f) on the clean rest (the noise entropy under a healthy "
+          "optimiser), the loss the named minority classes hold above the others weighted by their share, and the "
+          "loss rise after the first drift epoch; coverage faults remove no training loss. The rest, R, is the "
+          "clean remainder's misfit: the optimiser's when a signal fires or when the model still mispredicts "
+          "unflagged samples, the unscaled features' when they are found without a signal, split evenly with one. "
+          "Share 0 and verdict none when the run converged or less than 5% of the first epoch's loss is removable.")
 
 
 @dataclass(frozen=True)
@@ -57,82 +84,186 @@ class Attribution:
     details: dict[str, Any]
 
 
+@dataclass(frozen=True)
+class _Samples:
+    """Per sample of the share's epochs: loss (n,) its mean loss there, misfit (n,) its mean loss on the
+    epochs it was mispredicted, label (n,) and flagged (n,) from the labels check, given and suggested (n,)."""
+
+    loss: np.ndarray
+    misfit: np.ndarray
+    label: np.ndarray
+    flagged: np.ndarray
+    given: np.ndarray
+    suggested: np.ndarray
+
+    def take(self, rows: np.ndarray) -> _Samples:
+        return _Samples(*(getattr(self, f)[rows] for f in self.__dataclass_fields__))
+
+
 def attribute(run: Run, results: dict[str, CheckResult], *, seed: int = 0) -> Attribution:
     """The verdict and the data's share of the plateau, from a run and its check results."""
-    plateau = results.get("plateau")
-    plateau_details = plateau.details if plateau is not None else {}
-    state = plateau_details.get("state")
-    detected = bool(plateau_details.get("detected"))
     epochs = run.train.complete_epochs or run.train.epochs
-    records = run.records
-    if not epochs or records.empty:
+    if not epochs or run.records.empty:
         return Attribution("none", 0.0, (0.0, 0.0), {"method": "no recorded epoch to attribute"})
-
-    onset = plateau_details.get("onset_epoch")
-    start = onset if detected and onset is not None else epochs[int(len(epochs) * 2 / 3)]
-    # on the columns, not the table: a copy of the rows is about 1 GB at 10^6 samples x 20 epochs
-    rec_epoch, loss = records["epoch"].to_numpy(), records["loss"].to_numpy()
-    keep = np.isin(rec_epoch, [e for e in epochs if e >= start]) & pd.notna(loss)
-    per_sample = pd.Series(loss[keep], name="loss").groupby(records["sample_id"].to_numpy()[keep]).mean()
-    first = pd.Series(loss[rec_epoch == epochs[0]]).mean()
-
-    given, suggested, is_flagged = _label_table(results, per_sample.index.to_numpy())
-    losses = per_sample.to_numpy()
-    level = float(losses.mean()) if len(losses) else 0.0
-    rest = float(losses[~is_flagged].mean()) if (~is_flagged).any() else 0.0
+    window = [e for e in epochs if e >= epochs[int(len(epochs) * 2 / 3)]]
+    samples, first = _samples(run, results, window, epochs[0])
+    eps = _REMOVABLE * max(first, 0.0)
+    state = (results["plateau"].details.get("state") if "plateau" in results else None)
     signals = list(results["optimizer"].details.get("signals", [])) if "optimizer" in results else []
-    # Label noise keeps even an ideal model unsure of the clean samples: with a share rho of labels
-    # wrong it gives the true class about 1 - rho, a loss of -ln(1 - rho) on each clean sample.
-    rho = float(is_flagged.mean()) if len(is_flagged) else 0.0
-    clean_floor = -np.log(max(1.0 - rho, 1e-6))
-    rest_converged = rest <= _CONVERGED * max(first, 1e-12) + 1.5 * clean_floor
-    stuck = bool(signals) or (detected and not rest_converged)
-    # The noise floor presumes a model that fit its clean samples; a stuck one may flag hard, not wrong, ones.
-    label_result = results.get("labels")
-    if label_result is not None and label_result.status in _EVIDENCE_FLOOR:
-        label_share, interval = _label_share(losses, is_flagged, given, suggested, seed, noise_floor=not signals)
-    else:  # a handful of flagged samples (an info finding) is no share of a plateau
-        label_share, interval = 0.0, (0.0, 0.0)
-    evidence = {}
-    for name in _DATA_CHECKS:
-        result = results.get(name)
-        if result is not None and result.status in _EVIDENCE_FLOOR:
-            evidence[name] = result.status
-    floor = max((_EVIDENCE_FLOOR[s] for s in evidence.values()), default=0.0)
-    data_share = float(np.clip(max(label_share, floor), 0.0, 1.0))
-    interval = (float(max(interval[0], floor)), float(max(interval[1], floor)))
-    data_finding = bool(evidence) or (label_result is not None and label_result.status in _EVIDENCE_FLOOR)
+    faults = {name: results[name].status for name in ("labels", "class_imbalance", "drift", "coverage",
+                                                      "feature_scale")
+              if name in results and results[name].status in _FAULT}
+    minority = list(results["class_imbalance"].details.get("classes", [])) if "class_imbalance" in faults else []
+    drift = _drift_rise(run, window, results["drift"].details.get("first_drift_epoch")) if "drift" in faults else 0.0
+    use_labels = "labels" in faults
+    scaled = "feature_scale" in faults
 
-    if (not detected or state == "converged") and not data_finding and not signals:
-        verdict = "none"
-        data_share, interval = 0.0, (0.0, 0.0)  # no plateau: nothing to share out
-    elif data_share >= 0.6 and not stuck:
+    def estimate(s: _Samples) -> dict[str, float]:
+        return _estimate(s, eps=eps, drift=drift, minority=minority, use_labels=use_labels, scaled=scaled,
+                         signals=bool(signals))
+
+    parts = estimate(samples)
+    level = parts["level"]
+    details: dict[str, Any] = {
+        "method": METHOD,
+        "plateau_epochs": [int(window[0]), int(window[-1])],
+        "plateau_loss": _r(level),
+        "first_epoch_loss": _r(first),
+        "removable_threshold": _r(eps),
+        **{k: _r(v) for k, v in parts.items() if k not in ("level", "share")},
+        "label_share": _r(parts["label_loss"] / level) if level > 0 else 0.0,
+        "flagged_samples": int(samples.flagged.sum()) if use_labels else 0,
+        "data_evidence": {k: v for k, v in faults.items() if k != "labels"},
+        "optimizer_signals": signals,
+    }
+    if state == "converged" or level < eps:
+        details.update(optimizer_implicated=False, interval=[0.0, 0.0],
+                       reason="converged" if state == "converged" else "less than 5% of the first epoch's loss "
+                                                                       "is removable")
+        return Attribution("none", 0.0, (0.0, 0.0), details)
+    implicated = bool(parts["optimizer_implicated"])
+    share = parts["share"]
+    lo, hi = _interval(samples, estimate, share, seed)
+    if scaled and signals:  # the even split is a symmetry, not a measurement: any split of R is possible
+        spread = parts["residual"] / 2 / max(level, 1e-12)
+        lo, hi = max(0.0, min(lo, share - spread)), min(1.0, max(hi, share + spread))
+    if share == 0.0 and not implicated:
+        verdict = "none"   # something may be listed, but nothing found holds the loss up
+    elif share >= 0.6 and not implicated:
         verdict = "data"
-    elif data_share <= 0.3 and (stuck or not data_finding):
-        verdict = "optimizer" if stuck else "none"
+    elif share <= 0.3 and implicated:
+        verdict = "optimizer"
     else:
         verdict = "mixed"
+    details.update(optimizer_implicated=implicated, interval=[_r(lo), _r(hi)])
+    return Attribution(verdict, round(float(share), 4), (float(lo), float(hi)), details)
 
-    details = {
-        "method": "data share over the plateau epochs = the larger of (plateau loss - loss of the unflagged "
-                  "samples) / plateau loss and (entropy of the given labels given the suggested ones) / plateau "
-                  "loss; at least 0.5 (0.25) for a critical (warning) finding of the feature-scale, "
-                  "class-imbalance, drift or coverage checks; the optimisation side is implicated by optimizer "
-                  "signals or an unconverged clean remainder",
-        "label_noise_entropy": round(_noise_entropy(given, suggested, is_flagged), 4),
-        "plateau_epochs": [int(start), int(epochs[-1])],
-        "plateau_loss": round(level, 4),
-        "unflagged_loss": round(rest, 4),
-        "first_epoch_loss": round(float(first), 4),
-        "label_share": round(label_share, 4),
-        "interval": [round(interval[0], 4), round(interval[1], 4)],
-        "flagged_samples": int(is_flagged.sum()),
-        "data_evidence": evidence,
-        "optimizer_signals": signals,
-        "remainder_converged": bool(rest_converged),
-        "optimizer_implicated": bool(stuck),
-    }
-    return Attribution(verdict, round(data_share, 4), interval, details)
+
+def _r(x: float) -> float:
+    return round(float(x), 4)
+
+
+def _samples(run: Run, results: dict[str, CheckResult], window: list[int], first_epoch: int) -> tuple[_Samples, float]:
+    """The per-sample table over the `window` epochs, and the mean loss of the first epoch."""
+    records = run.records
+    # on the columns, not the table: a copy of the rows is about 1 GB at 10^6 samples x 20 epochs
+    rec_epoch, loss = records["epoch"].to_numpy(), records["loss"].to_numpy()
+    finite = np.isfinite(loss)
+    first_rows = (rec_epoch == first_epoch) & finite
+    first = float(loss[first_rows].astype(np.float64).mean()) if first_rows.any() else 0.0
+    keep = np.isin(rec_epoch, window) & finite
+    ids = records["sample_id"].to_numpy()[keep]
+    label = records["label"].to_numpy()[keep]
+    wrong = (records["pred"].to_numpy()[keep] != label) | (label < 0)
+    x = loss[keep].astype(np.float64)
+    sample_ids, index = np.unique(ids, return_inverse=True)
+    count = np.bincount(index, minlength=len(sample_ids))
+    mean_loss = np.bincount(index, weights=x, minlength=len(sample_ids)) / np.maximum(count, 1)
+    misfit = np.bincount(index, weights=x * wrong, minlength=len(sample_ids)) / np.maximum(count, 1)
+    last_label = np.full(len(sample_ids), -1, np.int64)
+    last_label[index] = label
+    given, suggested, flagged = _label_table(results, sample_ids)
+    return _Samples(mean_loss, misfit, last_label, flagged, given, suggested), first
+
+
+def _estimate(s: _Samples, *, eps: float, drift: float, minority: list[int], use_labels: bool, scaled: bool,
+              signals: bool) -> dict[str, float]:
+    """The estimated parts of the loss (see the module docstring) and the share, for one sample table."""
+    n = len(s.loss)
+    level = float(s.loss.mean()) if n else 0.0
+    flagged = s.flagged if use_labels else np.zeros(n, bool)
+    f = float(flagged.mean()) if n else 0.0
+    rest = s.loss[~flagged]
+    rest_loss = float(rest.mean()) if len(rest) else 0.0
+    label_fixed = label_healthy = 0.0
+    if flagged.any():
+        flagged_loss = float(s.loss[flagged].mean())
+        clean_cost = -np.log(max(1.0 - f, 1e-6))
+        label_fixed = f * max(flagged_loss - rest_loss, 0.0) + (1 - f) * min(rest_loss, clean_cost)
+        label_healthy = _noise_entropy(s.given, s.suggested, flagged)
+    imbalance = _minority_excess(s.loss[~flagged], s.label[~flagged], minority) * (1 - f)
+    data_fixed = min(level, label_fixed + imbalance + drift)   # L_bb - L_fb
+    residual = level - data_fixed                               # L_fb: what fixing the data leaves
+    mispredicted = float(s.misfit[~flagged].sum() / n) if n else 0.0
+    implicated = signals or (not scaled and residual > eps and mispredicted > eps)
+    if not implicated:
+        # fixing the optimiser removes nothing: all that is removable is the data's (the unscaled
+        # features' too, when they are found: they slow the fit of the remainder)
+        removable = data_fixed + (residual if scaled else 0.0)
+        share = 1.0 if removable >= eps else 0.0
+    else:
+        healthy = min(level, label_healthy + imbalance + drift)   # L_bf: a healthy optimiser on this data
+        phi_data = (data_fixed + healthy) / 2
+        if scaled:  # both sides slow the same fit: the remainder's misfit is shared evenly
+            phi_data += residual / 2
+        share = float(np.clip(phi_data / level, 0.0, 1.0)) if level > 0 else 0.0
+    return {"level": level, "share": share, "label_loss": label_fixed, "label_noise_entropy": label_healthy,
+            "unflagged_loss": rest_loss, "minority_excess": imbalance, "drift_rise": drift,
+            "data_removable": data_fixed, "residual": residual, "mispredicted_loss": mispredicted,
+            "optimizer_implicated": float(implicated)}
+
+
+def _minority_excess(loss: np.ndarray, label: np.ndarray, minority: list[int]) -> float:
+    """Sum over the named classes of (their share of the samples) x (their mean loss above the other
+    classes' mean loss), over samples with losses loss (m,) and labels label (m,)."""
+    named = np.isin(label, minority) & (label >= 0)
+    others = ~named & (label >= 0)
+    if not named.any() or not others.any():
+        return 0.0
+    base = float(loss[others].mean())
+    total = 0.0
+    for c in np.unique(label[named]):
+        members = label == c
+        total += members.mean() * max(float(loss[members].mean()) - base, 0.0)
+    return total
+
+
+def _drift_rise(run: Run, window: list[int], drift_epoch: int | None) -> float:
+    """Mean over the window's epochs of the epoch loss's rise above its level just before the drift epoch
+    (0 for epochs before the drift and where the loss is back down)."""
+    if drift_epoch is None:
+        return 0.0
+    table = epoch_losses(run.train)
+    epochs, loss = table["epoch"].to_numpy(), table["loss"].to_numpy()
+    before = loss[(epochs < drift_epoch) & np.isfinite(loss)][-_PRE_DRIFT_EPOCHS:]
+    in_window = np.isin(epochs, window) & np.isfinite(loss)
+    if not len(before) or not in_window.any():
+        return 0.0
+    rise = np.where(epochs[in_window] >= drift_epoch, np.maximum(loss[in_window] - before.mean(), 0.0), 0.0)
+    return float(rise.mean())
+
+
+def _interval(s: _Samples, estimate, share: float, seed: int) -> tuple[float, float]:
+    """90% bootstrap interval of the share over samples, kept around the estimate."""
+    n = len(s.loss)
+    if not n:
+        return share, share
+    rng = np.random.default_rng(seed)
+    if n > _BOOTSTRAP_SAMPLES:  # a subsample keeps the bootstrap cheap; its interval is, if anything, wider
+        s = s.take(rng.choice(n, _BOOTSTRAP_SAMPLES, replace=False))
+        n = _BOOTSTRAP_SAMPLES
+    boot = [estimate(s.take(rng.integers(0, n, n)))["share"] for _ in range(_BOOTSTRAP_DRAWS)]
+    return min(float(np.quantile(boot, 0.05)), share), max(float(np.quantile(boot, 0.95)), share)
 
 
 def _label_table(results: dict[str, CheckResult], ids: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -164,28 +295,3 @@ def _noise_entropy(given: np.ndarray, suggested: np.ndarray, flagged: np.ndarray
     with np.errstate(divide="ignore", invalid="ignore"):
         cond = np.where(joint > 0, joint / p_true, 1.0)
         return float(-(joint * np.log(cond)).sum())
-
-
-def _label_share(losses: np.ndarray, flagged: np.ndarray, given: np.ndarray, suggested: np.ndarray, seed: int,
-                 *, noise_floor: bool = True, draws: int = 200) -> tuple[float, tuple]:
-    """The label share (see the module docstring) and its 90% bootstrap interval over samples."""
-    if not len(losses) or not flagged.any() or losses.sum() <= 0:
-        return 0.0, (0.0, 0.0)
-
-    def share(x: np.ndarray, f: np.ndarray, g: np.ndarray, s: np.ndarray) -> float:
-        total = x.mean()
-        if total <= 0:
-            return 0.0
-        rest = x[~f].mean() if (~f).any() else 0.0
-        floor = _noise_entropy(g, s, f) / total if noise_floor else 0.0
-        return float(np.clip(max((total - rest) / total, floor), 0.0, 1.0))
-
-    rng = np.random.default_rng(seed)
-    if len(losses) > 20000:  # a subsample keeps the bootstrap cheap; its interval is, if anything, wider
-        keep = rng.choice(len(losses), 20000, replace=False)
-        losses, flagged, given, suggested = losses[keep], flagged[keep], given[keep], suggested[keep]
-    picks = rng.integers(0, len(losses), size=(draws, len(losses)))
-    boot = [share(losses[p], flagged[p], given[p], suggested[p]) for p in picks]
-    estimate = share(losses, flagged, given, suggested)
-    # the larger of two estimates is biased upward against its resamples: keep the estimate inside
-    return estimate, (min(float(np.quantile(boot, 0.05)), estimate), max(float(np.quantile(boot, 0.95)), estimate))

@@ -23,7 +23,14 @@ more than half the labels would be called wrong, nothing is flagged and the
 finding says why. And a mislabeled sample is one the model keeps assigning to one
 other class; when, over the window, the flagged samples' predictions wander
 (a model still learning, or hampered by its inputs), only those it consistently
-assigns elsewhere are kept, and the evidence is called moderate.
+assigns elsewhere are kept, the evidence is called moderate and the finding is info.
+
+A model that cannot fit is not a dataset with wrong labels: a class whose samples
+the model still predicts as their label less than half the time at the end of
+training (a frozen backbone, too little capacity, unscaled inputs) is not fit, and
+disagreement that involves such a class, as given or as suggested label, is not
+judged. When that is most of the disagreement, the model is underfitting: what it
+flags elsewhere is kept at info, and the finding says so.
 """
 from __future__ import annotations
 
@@ -51,6 +58,9 @@ _WINDOW_CANDIDATES = 8
 _MIN_CONSISTENCY = 0.8
 # ...and then only samples assigned to their suggested class this consistently are kept.
 _STRICT_CONSISTENCY = 0.9
+# A class whose samples the model predicts as their given label less often than this over the last third
+# of training is not fit: more than half of one class mislabeled is the per-class form of _MAX_NOISE.
+_MIN_RECALL = 0.5
 
 
 @dataclass(frozen=True)
@@ -170,6 +180,13 @@ def _compute_label_issues(d: Dynamics, k: int) -> CheckResult:
     settled = consistency >= _MIN_CONSISTENCY
     if not settled:
         flagged &= consistency_of >= _STRICT_CONSISTENCY
+    # Classes the model still does not fit at the end of training: disagreement there (given or suggested)
+    # says the model cannot represent them, not that their labels are wrong.
+    recall = _class_recall(d, k)
+    unfit = np.flatnonzero(recall < _MIN_RECALL)
+    in_unfit = flagged & (np.isin(d.labels, unfit) | np.isin(suggested, unfit))
+    cannot_fit = bool(in_unfit.any()) and in_unfit.sum() >= 0.5 * flagged.sum()
+    flagged &= ~in_unfit
     # one suspicion order from both scores: mean rank (0 = most suspicious)
     suspicion = (_ranks(aum) + _ranks(quality)) / 2
     order = np.flatnonzero(flagged)[np.argsort(suspicion[flagged], kind="stable")]
@@ -181,7 +198,10 @@ def _compute_label_issues(d: Dynamics, k: int) -> CheckResult:
         "n_flagged": int(flagged.sum()),
         "estimated_noise_rate": round(float(noise_rate), 4),
         "confused_pairs": pairs,
-        "evidence": "weak" if weak else ("strong" if settled else "moderate"),
+        "evidence": "weak" if weak else ("cannot fit" if cannot_fit else ("strong" if settled else "moderate")),
+        "unfit_classes": unfit.tolist(),
+        "not_judged": int(in_unfit.sum()),
+        "class_recall": {int(c): round(float(r), 4) for c, r in enumerate(recall) if np.isfinite(r)},
         "consistency": round(consistency, 4),
         "model_agreement": round(agreement, 4),
         "lift_over_prior": round(float(lift), 4),
@@ -195,6 +215,19 @@ def _compute_label_issues(d: Dynamics, k: int) -> CheckResult:
         "aum": aum, "flagged": flagged,
     })
     findings = _findings(d, order, flagged, noise_rate, pairs, weak, lift, window, n)
+    if cannot_fit or (not weak and not settled):
+        # a model that fails whole classes, or whose predictions still wander, disagrees with labels for its
+        # own reasons: its disagreement is listed, but it is no firm evidence of wrong labels
+        findings = [dataclasses.replace(f, severity="info") for f in findings]
+    if cannot_fit:
+        findings.append(Finding(
+            NAME, "info",
+            f"The model does not fit class(es) {unfit.tolist()} even at the end of training (recall "
+            f"{', '.join(f'{recall[c]:.0%}' for c in unfit[:10])}): the {int(in_unfit.sum())} samples it "
+            f"disagrees with there are not judged, and the labels elsewhere only moderately.",
+            remedy="A model that cannot fit whole classes needs capacity or training (unfreeze layers, a larger "
+                   "model or feature size, a longer or better schedule), not relabelling; audit the labels again then.",
+            evidence={"unfit_classes": unfit.tolist(), "not_judged": int(in_unfit.sum())}))
     if not weak and not settled:
         findings.append(Finding(
             NAME, "info",
@@ -205,6 +238,18 @@ def _compute_label_issues(d: Dynamics, k: int) -> CheckResult:
             evidence={"consistency": round(consistency, 3)}))
     return CheckResult.from_findings(NAME, findings, score=0.0 if weak else min(1.0, flagged.mean() * 2),
                                      details=details, per_sample=per_sample)
+
+
+def _class_recall(d: Dynamics, k: int) -> np.ndarray:
+    """Per class (k,): the share of its samples' predictions over the last third of the epochs that are
+    the given label (NaN for a class without samples)."""
+    n_epochs = d.pred.shape[1]
+    late = d.pred[:, n_epochs - max(1, n_epochs // 3):]
+    drawn = late >= 0
+    hits = ((late == d.labels[:, None]) & drawn).sum(1)
+    seen = np.bincount(d.labels, weights=drawn.sum(1), minlength=k)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.bincount(d.labels, weights=hits, minlength=k) / seen
 
 
 def _window_candidates(first: int, n_epochs: int) -> list[int]:
