@@ -10,6 +10,7 @@ from typing import Any
 from dataaudit import store
 from dataaudit.attribution import attribute
 from dataaudit.checks import REGISTRY, CheckResult, Finding, get_check
+from dataaudit.reconcile import reconcile
 from dataaudit.run import Run, load_run
 
 VERDICTS = ("data", "optimizer", "mixed", "none")
@@ -90,7 +91,7 @@ def analyze(run: str | Path | Run, *, checks: Iterable[str] | None = None) -> Au
     if not isinstance(run, Run):
         run = load_run(run)
     names = list(REGISTRY) if checks is None else list(checks)
-    results = {name: get_check(name)(run) for name in names}
+    results = reconcile({name: get_check(name)(run) for name in names})
     labels = results.get("labels")
     attribution = attribute(run, results)
     plateau = results.get("plateau")

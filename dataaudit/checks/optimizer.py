@@ -406,6 +406,7 @@ def _compute_optimizer(steps: pd.DataFrame, layers: pd.DataFrame, *, epoch_loss:
              "Lower the learning rate (2-10x) and add warmup; keep gradient clipping as a safety net; check the "
              "inputs and the loss for inf/NaN (log(0), division by zero, labels out of range).",
              {k: trend.get(k) for k in ("first", "best", "end", "nonfinite_end")} | {"unit": unit,
+              "best_epoch": trend.get("best_at") if unit == "epoch" else None, "blew_up": bool(spike["stayed"]),
               "spike_start": spike["start"], "spike_peak": spike["peak"], "spike_end": spike["end"]})
     elif trend["rising"] or spike["spike"]:
         fire("lr_too_high", "warning",
@@ -416,7 +417,9 @@ def _compute_optimizer(steps: pd.DataFrame, layers: pd.DataFrame, *, epoch_loss:
              "Lower the learning rate or add warmup; with Adam, a lower beta2 (0.95) or a larger eps also steadies "
              "late-training instability.",
              {k: trend.get(k) for k in ("first", "best", "end")} | {"unit": unit, "spike_start": spike["start"],
-                                                                    "spike_peak": spike["peak"]})
+                                                                    "spike_peak": spike["peak"],
+                                                                    "best_epoch": trend.get("best_at")
+                                                                    if unit == "epoch" and trend["rising"] else None})
 
     # --- update-to-weight ratio
     ratio = _compute_update_ratio(steps["update_ratio"].to_numpy(dtype=np.float64))
