@@ -93,3 +93,33 @@ def test_without_logits_the_check_is_skipped(run_dir):
         for x, t in tracker.wrap(DataLoader(TensorDataset(torch.from_numpy(X), torch.from_numpy(y)), batch_size=20)):
             tracker.record(torch.zeros(len(x)), targets=t)
     assert labels.check(dataaudit.load_run(run_dir)).status == "skipped"
+
+
+def _dynamics(mispredicted: np.ndarray, other: np.ndarray, *, n_epochs: int = 10) -> labels.Dynamics:
+    """1000 samples of 10 classes (label = id % 10), margins only: the `mispredicted` (n,) samples are
+    predicted as other (n,) with margin -1 every epoch, the rest as their label with margin +2."""
+    n = 1000
+    y = np.arange(n) % 10
+    pred = np.where(mispredicted, other, y)[:, None].repeat(n_epochs, 1).astype(np.int32)
+    margin = np.where(mispredicted, -1.0, 2.0)[:, None].repeat(n_epochs, 1)
+    return labels.Dynamics(np.arange(n), y, margin, pred, None, list(range(n_epochs)))
+
+
+def test_classes_the_model_cannot_fit_are_not_called_mislabeled(rng):
+    # a model that fits classes 0-4 and sends 70% of each of 5-9 to another of 5-9: it cannot fit them
+    y = np.arange(1000) % 10
+    unfit = (y >= 5) & (rng.random(1000) < 0.7)
+    result = labels._compute_label_issues(_dynamics(unfit, 5 + (y - 5 + 1) % 5), 10)
+    assert result.status == "info" and result.details["evidence"] == "cannot fit"
+    assert result.details["unfit_classes"] == [5, 6, 7, 8, 9]
+    assert result.details["not_judged"] >= 0.9 * unfit.sum()
+    assert "does not fit" in " ".join(f.summary for f in result.findings)
+
+
+def test_wrong_labels_in_every_class_stay_critical(rng):
+    # the same share of disagreement, spread over classes the model fits: wrong labels
+    y = np.arange(1000) % 10
+    flipped = rng.random(1000) < 0.15
+    result = labels._compute_label_issues(_dynamics(flipped, (y + 1) % 10), 10)
+    assert result.status == "critical" and result.details["unfit_classes"] == []
+    assert _f1(result.details["label_issues"], np.flatnonzero(flipped)) > 0.95
