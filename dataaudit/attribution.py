@@ -71,9 +71,10 @@ METHOD = ("Shapley split of the loss that fixing would remove (L = mean training
           "samples add above the rest plus -ln(1 - f) on the clean rest (the noise entropy under a healthy "
           "optimiser), the loss the named minority classes hold above the others weighted by their share, and the "
           "loss rise after the first drift epoch; coverage faults remove no training loss. The rest, R, is the "
-          "clean remainder's misfit: the optimiser's when a signal fires or when the model still mispredicts "
-          "unflagged samples, the unscaled features' when they are found without a signal, split evenly with one. "
-          "Share 0 and verdict none when the run converged or less than 5% of the first epoch's loss is removable.")
+          "misfit of the clean remainder: the optimisation side holds it when a signal fires or when the model "
+          "still mispredicts unflagged samples, the unscaled features hold it when they are found without a "
+          "signal, and both share it evenly with one. Share 0 and verdict none when the run converged or less "
+          "than 5% of the loss of the first epoch is removable.")
 
 
 @dataclass(frozen=True)

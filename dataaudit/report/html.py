@@ -130,8 +130,10 @@ def _evidence(audit: Audit) -> list[tuple[str, str]]:
              ("unflagged_loss", "loss of the unflagged samples"), ("first_epoch_loss", "first-epoch loss"),
              ("label_share", "label share"), ("label_noise_entropy", "label-noise entropy floor (nats)"),
              ("flagged_samples", "flagged samples"), ("data_evidence", "other data findings"),
-             ("optimizer_signals", "optimizer signals"), ("remainder_converged", "clean remainder converged"),
-             ("optimizer_implicated", "optimizer implicated"))
+             ("data_removable", "loss fixing the data removes"), ("residual", "clean remainder's misfit"),
+             ("minority_excess", "minority classes' excess loss"), ("drift_rise", "loss rise after the drift"),
+             ("removable_threshold", "removable below this: nothing"),
+             ("optimizer_signals", "optimizer signals"), ("optimizer_implicated", "optimizer implicated"))
     for key, label in named:
         if key in a:
             value = a[key]
