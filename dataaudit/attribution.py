@@ -19,28 +19,29 @@ records (method, also in the README and the report):
    - label noise (labels check at warning or above): what the flagged samples add
      above the rest, f (L_flagged - L_rest), plus what the noise costs the clean rest
      (an ideal model gives their label only 1 - f: a loss of -ln(1 - f) each, at most
-     L_rest). With the optimiser fixed, a model that fits the clean samples still
-     pays the noise's entropy H(given | true), estimated from the flagged samples and
-     their suggested labels;
+     L_rest);
    - class imbalance: the loss the named classes hold above the other classes,
      weighted by their share of the samples (often ~0: the share then stays 0 while
      the finding stays);
    - drift: the mean rise of the epoch loss after the first drift epoch above the
      epochs just before it (~0 once the model recovered);
    - coverage: nothing; samples never drawn carry no training loss.
-   The residual R = L - (the above) is the clean remainder's own misfit.
+   This is L_bb - L_fb. The residual R = L_fb is the clean remainder's own misfit.
 3. Whether the optimisation side holds anything: an optimizer signal fires, or R and
    the loss of the unflagged samples the model still mispredicts both exceed eps (a
    clean remainder the model does not fit; label noise lowers confidence on clean
-   samples, it does not make the model mispredict them). Then the levels are
-   L_bb = L, L_fb = R, L_bf = min(L, what the data faults cost a healthy optimiser),
-   L_ff = 0, and the share is phi_data / L. When it holds nothing, fixing the
-   optimiser changes nothing: share 1 when the data parts remove at least eps, else 0.
-4. Unscaled features (feature-scale check at warning or above) have no per-sample
-   loss: they slow the whole fit. Without an optimizer signal the remainder's misfit
-   R is theirs; with one, both sides slow the same fit and neither can be told apart
-   from the run, so R is split evenly (the Shapley value under that symmetry), and the
-   interval spans all of R.
+   samples, it does not make the model mispredict them). Then L_ff = 0 and the levels
+   are taken as additive (what fixing the data removes from this run it would remove
+   under a healthy optimiser too: L_bf - L_ff = L_bb - L_fb), so phi_data = L_bb - L_fb
+   and the share is (L_bb - L_fb) / L. The run cannot show how a healthy optimiser
+   would have dealt with the data (memorised the wrong labels, say), so no interaction
+   is guessed. When the optimisation side holds nothing, fixing it changes nothing:
+   share 1 when the data parts remove at least eps, else 0.
+4. Unscaled features and a changed pipeline (feature-scale or drift check at warning
+   or above) slow the whole fit and have no per-sample loss beyond the rise: without an
+   optimizer signal the remainder's misfit R is theirs; with one, both sides slow the
+   same fit and neither can be told apart from the run, so R is split evenly (the
+   Shapley value under that symmetry), and the interval spans all of R.
 5. Interval: 90% bootstrap over samples (plus the even split's full range).
 6. Verdict: "data" when the share is at least 0.6 and the optimisation side holds
    nothing; "optimizer" when the share is at most 0.3 and it holds something;
@@ -67,14 +68,14 @@ _BOOTSTRAP_DRAWS = 200
 _BOOTSTRAP_SAMPLES = 20000
 
 METHOD = ("Shapley split of the loss that fixing would remove (L = mean training loss over the last third of "
-          "the epochs), from levels estimated on the run itself: fixing the data removes what the flagged "
-          "samples add above the rest plus -ln(1 - f) on the clean rest (the noise entropy under a healthy "
-          "optimiser), the loss the named minority classes hold above the others weighted by their share, and the "
-          "loss rise after the first drift epoch; coverage faults remove no training loss. The rest, R, is the "
-          "misfit of the clean remainder: the optimisation side holds it when a signal fires or when the model "
-          "still mispredicts unflagged samples, the unscaled features hold it when they are found without a "
-          "signal, and both share it evenly with one. Share 0 and verdict none when the run converged or less "
-          "than 5% of the loss of the first epoch is removable.")
+          "the epochs), from levels estimated on the run itself and taken as additive: fixing the data removes "
+          "what the flagged samples add above the rest plus -ln(1 - f) on the clean rest, the loss the named "
+          "minority classes hold above the others weighted by their share, and the loss rise after the first "
+          "drift epoch; coverage faults remove no training loss. The rest, R, is the misfit of the clean "
+          "remainder: the optimisation side holds it when a signal fires or when the model still mispredicts "
+          "unflagged samples; unscaled features or a changed pipeline hold it when found without a signal, and "
+          "share it evenly with one. Share 0 and verdict none when the run converged or less than 5% of the loss "
+          "of the first epoch is removable.")
 
 
 @dataclass(frozen=True)
@@ -117,10 +118,11 @@ def attribute(run: Run, results: dict[str, CheckResult], *, seed: int = 0) -> At
     minority = list(results["class_imbalance"].details.get("classes", [])) if "class_imbalance" in faults else []
     drift = _drift_rise(run, window, results["drift"].details.get("first_drift_epoch")) if "drift" in faults else 0.0
     use_labels = "labels" in faults
-    scaled = "feature_scale" in faults
+    # unscaled features and a changed pipeline slow the whole fit and have no per-sample loss of their own
+    slows = "feature_scale" in faults or "drift" in faults
 
     def estimate(s: _Samples) -> dict[str, float]:
-        return _estimate(s, eps=eps, drift=drift, minority=minority, use_labels=use_labels, scaled=scaled,
+        return _estimate(s, eps=eps, drift=drift, minority=minority, use_labels=use_labels, slows=slows,
                          signals=bool(signals))
 
     parts = estimate(samples)
@@ -145,7 +147,7 @@ def attribute(run: Run, results: dict[str, CheckResult], *, seed: int = 0) -> At
     implicated = bool(parts["optimizer_implicated"])
     share = parts["share"]
     lo, hi = _interval(samples, estimate, share, seed)
-    if scaled and signals:  # the even split is a symmetry, not a measurement: any split of R is possible
+    if slows and signals:  # the even split is a symmetry, not a measurement: any split of R is possible
         spread = parts["residual"] / 2 / max(level, 1e-12)
         lo, hi = max(0.0, min(lo, share - spread)), min(1.0, max(hi, share + spread))
     if share == 0.0 and not implicated:
@@ -187,7 +189,7 @@ def _samples(run: Run, results: dict[str, CheckResult], window: list[int], first
     return _Samples(mean_loss, misfit, last_label, flagged, given, suggested), first
 
 
-def _estimate(s: _Samples, *, eps: float, drift: float, minority: list[int], use_labels: bool, scaled: bool,
+def _estimate(s: _Samples, *, eps: float, drift: float, minority: list[int], use_labels: bool, slows: bool,
               signals: bool) -> dict[str, float]:
     """The estimated parts of the loss (see the module docstring) and the share, for one sample table."""
     n = len(s.loss)
@@ -196,32 +198,28 @@ def _estimate(s: _Samples, *, eps: float, drift: float, minority: list[int], use
     f = float(flagged.mean()) if n else 0.0
     rest = s.loss[~flagged]
     rest_loss = float(rest.mean()) if len(rest) else 0.0
-    label_fixed = label_healthy = 0.0
+    label_fixed = 0.0
     if flagged.any():
         flagged_loss = float(s.loss[flagged].mean())
         clean_cost = -np.log(max(1.0 - f, 1e-6))
         label_fixed = f * max(flagged_loss - rest_loss, 0.0) + (1 - f) * min(rest_loss, clean_cost)
-        label_healthy = _noise_entropy(s.given, s.suggested, flagged)
     imbalance = _minority_excess(s.loss[~flagged], s.label[~flagged], minority) * (1 - f)
     data_fixed = min(level, label_fixed + imbalance + drift)   # L_bb - L_fb
     residual = level - data_fixed                               # L_fb: what fixing the data leaves
     mispredicted = float(s.misfit[~flagged].sum() / n) if n else 0.0
-    implicated = signals or (not scaled and residual > eps and mispredicted > eps)
+    implicated = signals or (not slows and residual > eps and mispredicted > eps)
     if not implicated:
-        # fixing the optimiser removes nothing: all that is removable is the data's (the unscaled
-        # features' too, when they are found: they slow the fit of the remainder)
-        removable = data_fixed + (residual if scaled else 0.0)
+        # fixing the optimiser removes nothing: all that is removable is the data's (the remainder's misfit
+        # too when a fault that slows the whole fit was found)
+        removable = data_fixed + (residual if slows else 0.0)
         share = 1.0 if removable >= eps else 0.0
     else:
-        healthy = min(level, label_healthy + imbalance + drift)   # L_bf: a healthy optimiser on this data
-        phi_data = (data_fixed + healthy) / 2
-        if scaled:  # both sides slow the same fit: the remainder's misfit is shared evenly
-            phi_data += residual / 2
+        # additive levels: what fixing the data removes here it would remove under a healthy optimiser too
+        phi_data = data_fixed + (residual / 2 if slows else 0.0)
         share = float(np.clip(phi_data / level, 0.0, 1.0)) if level > 0 else 0.0
-    return {"level": level, "share": share, "label_loss": label_fixed, "label_noise_entropy": label_healthy,
-            "unflagged_loss": rest_loss, "minority_excess": imbalance, "drift_rise": drift,
-            "data_removable": data_fixed, "residual": residual, "mispredicted_loss": mispredicted,
-            "optimizer_implicated": float(implicated)}
+    return {"level": level, "share": share, "label_loss": label_fixed, "unflagged_loss": rest_loss,
+            "minority_excess": imbalance, "drift_rise": drift, "data_removable": data_fixed, "residual": residual,
+            "mispredicted_loss": mispredicted, "optimizer_implicated": float(implicated)}
 
 
 def _minority_excess(loss: np.ndarray, label: np.ndarray, minority: list[int]) -> float:
@@ -279,20 +277,3 @@ def _label_table(results: dict[str, CheckResult], ids: np.ndarray) -> tuple[np.n
     given = table["label"].fillna(-1).to_numpy(np.int64)
     suggested = table["suggested_label"].fillna(-1).to_numpy(np.int64)
     return given, suggested, flagged
-
-
-def _noise_entropy(given: np.ndarray, suggested: np.ndarray, flagged: np.ndarray) -> float:
-    """H(given | true) in nats, the true label taken as the suggested one for flagged samples."""
-    true = np.where(flagged, suggested, given)
-    ok = (true >= 0) & (given >= 0)
-    if not ok.any():
-        return 0.0
-    true, given = true[ok], given[ok]
-    k = int(max(true.max(), given.max())) + 1
-    joint = np.zeros((k, k))
-    np.add.at(joint, (true, given), 1)
-    joint /= joint.sum()
-    p_true = joint.sum(1, keepdims=True)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        cond = np.where(joint > 0, joint / p_true, 1.0)
-        return float(-(joint * np.log(cond)).sum())
