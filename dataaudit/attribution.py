@@ -89,14 +89,12 @@ class Attribution:
 @dataclass(frozen=True)
 class _Samples:
     """Per sample of the share's epochs: loss (n,) its mean loss there, misfit (n,) its mean loss on the
-    epochs it was mispredicted, label (n,) and flagged (n,) from the labels check, given and suggested (n,)."""
+    epochs it was mispredicted (counted over all of them), label (n,) and flagged (n,) by the labels check."""
 
     loss: np.ndarray
     misfit: np.ndarray
     label: np.ndarray
     flagged: np.ndarray
-    given: np.ndarray
-    suggested: np.ndarray
 
     def take(self, rows: np.ndarray) -> _Samples:
         return _Samples(*(getattr(self, f)[rows] for f in self.__dataclass_fields__))
@@ -185,8 +183,7 @@ def _samples(run: Run, results: dict[str, CheckResult], window: list[int], first
     misfit = np.bincount(index, weights=x * wrong, minlength=len(sample_ids)) / np.maximum(count, 1)
     last_label = np.full(len(sample_ids), -1, np.int64)
     last_label[index] = label
-    given, suggested, flagged = _label_table(results, sample_ids)
-    return _Samples(mean_loss, misfit, last_label, flagged, given, suggested), first
+    return _Samples(mean_loss, misfit, last_label, _flagged(results, sample_ids)), first
 
 
 def _estimate(s: _Samples, *, eps: float, drift: float, minority: list[int], use_labels: bool, slows: bool,
@@ -265,15 +262,10 @@ def _interval(s: _Samples, estimate, share: float, seed: int) -> tuple[float, fl
     return min(float(np.quantile(boot, 0.05)), share), max(float(np.quantile(boot, 0.95)), share)
 
 
-def _label_table(results: dict[str, CheckResult], ids: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per sample of `ids`: given label, suggested label, flagged (from the labels check)."""
+def _flagged(results: dict[str, CheckResult], ids: np.ndarray) -> np.ndarray:
+    """Per sample of `ids` (n,): whether the labels check flagged it."""
     labels = results.get("labels")
     table = labels.per_sample if labels is not None else None
     if table is None or table.empty:
-        zeros = np.zeros(len(ids), np.int64)
-        return zeros, zeros, np.zeros(len(ids), bool)
-    table = table.set_index("sample_id").reindex(ids)
-    flagged = table["flagged"].fillna(False).to_numpy(bool)
-    given = table["label"].fillna(-1).to_numpy(np.int64)
-    suggested = table["suggested_label"].fillna(-1).to_numpy(np.int64)
-    return given, suggested, flagged
+        return np.zeros(len(ids), bool)
+    return table.set_index("sample_id")["flagged"].reindex(ids).fillna(False).to_numpy(bool)
