@@ -88,7 +88,7 @@ def attribute(run: Run, results: dict[str, CheckResult], *, seed: int = 0) -> At
     rest_converged = rest <= _CONVERGED * max(first, 1e-12) + 1.5 * clean_floor
     stuck = bool(signals) or (detected and not rest_converged)
     # The noise floor presumes a model that fit its clean samples; a stuck one may flag hard, not wrong, ones.
-    label_result = results.get("labels")
+    label_result = _flagging(results)
     if label_result is not None and label_result.status in _EVIDENCE_FLOOR:
         label_share, interval = _label_share(losses, is_flagged, given, suggested, seed, noise_floor=not signals)
     else:  # a handful of flagged samples (an info finding) is no share of a plateau
@@ -136,17 +136,28 @@ def attribute(run: Run, results: dict[str, CheckResult], *, seed: int = 0) -> At
 
 
 def _label_table(results: dict[str, CheckResult], ids: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per sample of `ids`: given label, suggested label, flagged (from the labels check)."""
-    labels = results.get("labels")
+    """Per sample of `ids`: given label, suggested label, flagged (from the labels or targets check)."""
+    labels = _flagging(results)
     table = labels.per_sample if labels is not None else None
     if table is None or table.empty:
         zeros = np.zeros(len(ids), np.int64)
         return zeros, zeros, np.zeros(len(ids), bool)
     table = table.set_index("sample_id").reindex(ids)
     flagged = table["flagged"].fillna(False).to_numpy(bool)
-    given = table["label"].fillna(-1).to_numpy(np.int64)
-    suggested = table["suggested_label"].fillna(-1).to_numpy(np.int64)
+    # the targets check (regression) has no labels: -1, so the label-noise entropy is 0
+    given = table["label"].fillna(-1).to_numpy(np.int64) if "label" in table else np.full(len(ids), -1)
+    suggested = (table["suggested_label"].fillna(-1).to_numpy(np.int64) if "suggested_label" in table
+                 else np.full(len(ids), -1))
     return given, suggested, flagged
+
+
+def _flagging(results: dict[str, CheckResult]) -> CheckResult | None:
+    """The check that flags samples: noisy labels (classification), else noisy targets (regression)."""
+    for name in ("labels", "targets"):
+        result = results.get(name)
+        if result is not None and result.status != "skipped":
+            return result
+    return results.get("labels")
 
 
 def _noise_entropy(given: np.ndarray, suggested: np.ndarray, flagged: np.ndarray) -> float:

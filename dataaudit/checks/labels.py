@@ -40,6 +40,7 @@ from dataaudit.checks.base import CheckResult, Finding
 from dataaudit.run import Run, positions, unique_ids
 
 NAME = "labels"
+TASKS = ("classification", "binary")
 # Below this lift over always guessing the commonest class, the model has not learnt enough to judge labels.
 _MIN_LIFT = 0.2
 # Above this estimated share of wrong labels, the disagreement says more about the model than the labels.

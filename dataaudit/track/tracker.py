@@ -29,11 +29,12 @@ import numpy as np
 import torch
 
 from dataaudit import store
-from dataaudit.track.batch import as_targets, per_sample_losses
+from dataaudit.track.batch import per_sample_losses
 from dataaudit.track.epoch import EpochBuffer
 from dataaudit.track.loader import TrackedLoader
 from dataaudit.track.optim import OptimizerWatch, write_steps
 from dataaudit.track.sketch import Projection
+from dataaudit.track.task import infer_task, read_batch
 
 # Sketched inputs waiting on the device for the writer are kept under this many bytes.
 _INPUT_BUDGET = 64 << 20
@@ -140,8 +141,12 @@ class Tracker:
         Parameters
         ----------
         losses : Tensor of shape (batch,), one loss per sample (reduction="none").
-        logits : Tensor of shape (batch, classes), optional.
-        targets : Tensor of shape (batch,) of class indices, or (batch, classes) one-hot or soft.
+        logits : Tensor of shape (batch, classes), or (batch,) / (batch, 1) for a single-logit binary
+            classifier (BCEWithLogitsLoss); None for regression.
+        targets : Tensor of shape (batch,) of class indices, (batch, classes) one-hot or soft (mixup,
+            label smoothing), 0/1 or probabilities (batch,) for one logit, or floats (batch,) / (batch, d)
+            for regression (no logits). The first batch with logits or targets decides the task
+            (`dataaudit.track.task`); a later batch that contradicts it is an error.
         inputs : Tensor of shape (batch, ...), the inputs the model saw, for the input sketch.
         ids : sample ids, shape (batch,); needed for an IterableDataset, else the loader's indices.
         """
@@ -159,16 +164,13 @@ class Tracker:
         # once (see _flush), which costs a few kernels per chunk instead of per batch.
         # Copies, not views: loaders and CUDA graphs may reuse their buffers.
         row: dict[str, Any] = {"ids": ids, "n": n, "loss": losses.to(torch.float32, copy=True)}
-        num_classes = self._manifest.get("num_classes")
-        if logits is not None:
-            logits = _check_rows("logits", logits, n, ndim=2)
-            if num_classes is not None and logits.shape[1] != num_classes:
-                raise ValueError(f"record() got logits with {logits.shape[1]} classes; "
-                                 f"earlier batches had {num_classes}")
-            num_classes = self._manifest["num_classes"] = int(logits.shape[1])
-            row["logits"] = logits.detach().to(torch.float32, copy=True)
+        logits = None if logits is None else _check_rows("logits", logits, n, ndim=None)
+        targets = None if targets is None else _as_tensor(targets)
         if targets is not None:
-            row["label"] = as_targets(targets, n, num_classes).clone()
+            _check_rows("targets", targets, n, ndim=None)
+        task = self._task(logits, targets)
+        if task is not None:
+            row.update(read_batch(task, logits, targets, n))
         epoch = pending.epoch
         if inputs is not None:
             inputs = self._check_inputs(epoch, _check_rows("inputs", inputs, n, ndim=None)).detach()
@@ -264,6 +266,23 @@ class Tracker:
                              "pass one loss per sample of the batch (reduction='none')")
         return ids
 
+    def _task(self, logits: torch.Tensor | None, targets: torch.Tensor | None) -> dict | None:
+        """The run's task, decided by the first batch that shows one (see `dataaudit.track.task`)."""
+        task = self._manifest.get("task")
+        if task is None:
+            task = infer_task(logits, targets)
+            if task is None:
+                return None
+            self._manifest["task"] = task
+            self._manifest["num_classes"] = task["num_classes"]
+        elif task["kind"] == "classification" and task["num_classes"] is None and logits is not None:
+            # decided from targets alone; the first logits give the number of classes
+            if logits.ndim != 2 or logits.shape[1] < 2:
+                raise ValueError(f"record() got logits of shape {tuple(logits.shape)}; earlier batches of this run "
+                                 "had integer class targets (classification with several classes)")
+            task["num_classes"] = self._manifest["num_classes"] = int(logits.shape[1])
+        return task
+
     def _note_unrecorded(self) -> None:
         """A batch that was drawn but never recorded still counts as drawn."""
         pending = self._pending
@@ -352,6 +371,8 @@ class Tracker:
 
         def add_entry() -> None:  # on the writer thread, once the epoch's files are written
             entry["nonfinite_losses"] = epoch.nonfinite
+            if epoch.soft_targets and self._manifest.get("task"):
+                self._manifest["task"]["soft_targets"] = True
             self._manifest["epochs"].append(entry)
             self._manifest["files"].extend(epoch.files)
 
@@ -440,6 +461,15 @@ def _sketch_features(inputs: torch.Tensor) -> torch.Tensor:
     if shape != list(inputs.shape[1:]):
         return torch.nn.functional.adaptive_avg_pool2d(inputs.float(), shape[1:]).reshape(n, -1)
     return inputs.reshape(n, -1)
+
+
+def _as_tensor(value: Any) -> torch.Tensor:
+    if isinstance(value, torch.Tensor):
+        return value
+    try:
+        return torch.as_tensor(np.asarray(value))
+    except (TypeError, ValueError, RuntimeError):
+        raise TypeError(f"record() needs targets as a tensor or an array; got {type(value).__name__}") from None
 
 
 def _check_rows(name: str, tensor: Any, n: int, *, ndim: int | None) -> torch.Tensor:
