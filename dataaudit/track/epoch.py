@@ -116,8 +116,11 @@ def records_table(rows: list[dict], epoch: int, *, store_probs: bool) -> pa.Tabl
         "pred": np.full(total, -1, np.int64),
         "fingerprint": _gather(rows, "fingerprint", n, np.float32, np.nan),
     }
-    if any("target" in r for r in rows):  # regression: the target (its L2 norm for vector targets)
-        columns["target"] = _gather(rows, "target", n, np.float32, np.nan)
+    for name in ("target", "target_entropy"):  # regression targets; the entropy of probability targets
+        if any(name in r for r in rows):
+            values = _gather(rows, name, n, np.float32, np.nan)
+            if name == "target" or (values > 0).any():  # hard targets have no entropy: no column
+                columns[name] = values
     has_logits = np.repeat([("logits" in r) for r in rows], n)
     if has_logits.any():
         logits = torch.cat([r["logits"] for r in rows if "logits" in r]).cpu().numpy()

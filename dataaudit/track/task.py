@@ -14,7 +14,8 @@ logits' shape and the targets' dtype and shape together (never the dtype alone):
 
 Soft targets (mixup, cutmix, smoothed one-hots) give a label only where one class dominates:
 its target probability is at least `DOMINANT` and above every other class's. Elsewhere the
-label is -1 (unknown). Whether a batch was soft is computed on the device, so that recording
+label is -1 (unknown). The targets' entropy is kept per sample: a cross-entropy against soft
+targets cannot go below it, so the checks read the loss above it (`dataaudit.run`). Whether a batch was soft is computed on the device, so that recording
 never waits for it; the writer thread notes it in the manifest.
 
 Only the batch that decides the task has its values read (one device sync per run).
@@ -58,7 +59,8 @@ def infer_task(logits: torch.Tensor | None, targets: torch.Tensor | None) -> dic
 def read_batch(task: dict[str, Any], logits: torch.Tensor | None, targets: torch.Tensor | None,
                n: int) -> dict[str, torch.Tensor]:
     """The batch's row entries under `task`: logits (n, k) float32, label (n,) int64 (-1 unknown),
-    soft () bool (a device tensor: some target was soft), target (n,) float32 (regression).
+    soft () bool (a device tensor: some target was soft), target_entropy (n,) float32 (targets given as
+    probabilities), target (n,) float32 (regression).
 
     Copies, not views: loaders and CUDA graphs may reuse their buffers. Raises ValueError when the
     batch contradicts the task the run's earlier batches showed.
@@ -92,6 +94,7 @@ def read_batch(task: dict[str, Any], logits: torch.Tensor | None, targets: torch
         t = targets.float()
         row["label"] = torch.where(t > DOMINANT, 1, torch.where(t < DOMINANT, 0, -1)).long()
         row["soft"] = ((t > 0) & (t < 1)).any()
+        row["target_entropy"] = _entropy(torch.stack([1 - t, t], 1))
         return row
     k = task.get("num_classes")
     if targets.ndim == 2 and targets.shape[1] > 1:
@@ -101,6 +104,7 @@ def read_batch(task: dict[str, Any], logits: torch.Tensor | None, targets: torch
         dominant = (top[:, 0] >= DOMINANT) & (top[:, 0] > top[:, 1])
         row["label"] = torch.where(dominant, targets.argmax(1), -1).long()
         row["soft"] = (top[:, 0] < 1).any()
+        row["target_entropy"] = _entropy(targets.float())
         return row
     if targets.ndim == 2:
         targets = targets[:, 0]
@@ -109,6 +113,11 @@ def read_batch(task: dict[str, Any], logits: torch.Tensor | None, targets: torch
                          f"got shape {tuple(targets.shape)}")
     row["label"] = (targets.round() if targets.is_floating_point() else targets).long()
     return row
+
+
+def _entropy(p: torch.Tensor) -> torch.Tensor:
+    """Entropy in nats of each row of p (n, k): the least cross-entropy loss these targets allow."""
+    return -(p * p.clamp_min(1e-12).log()).sum(1)
 
 
 def _logits(task: dict[str, Any], logits: torch.Tensor, n: int) -> torch.Tensor:
