@@ -33,6 +33,7 @@ from dataaudit.track.batch import per_sample_losses
 from dataaudit.track.epoch import EpochBuffer
 from dataaudit.track.loader import TrackedLoader
 from dataaudit.track.optim import OptimizerWatch, write_steps
+from dataaudit.track.sampler_info import sampler_facts
 from dataaudit.track.sketch import Projection
 from dataaudit.track.task import infer_task, read_batch
 
@@ -109,6 +110,7 @@ class Tracker:
         self._loaders[split] = tracked
         info = self._manifest["splits"].setdefault(split, {})
         info["dataset_size"] = tracked.dataset_size
+        info["loader"] = sampler_facts(loader)
         info.setdefault("id_source", "index" if tracked.has_index else "explicit")
         return tracked
 
