@@ -9,8 +9,7 @@ import functools
 from collections.abc import Callable
 from types import ModuleType
 
-from dataaudit.checks import (class_imbalance, coverage, drift, feature_scale, labels, optimizer, plateau,
-                              targets)
+from dataaudit.checks import class_imbalance, coverage, drift, feature_scale, labels, optimizer, plateau, targets
 from dataaudit.checks.base import CheckResult, Finding
 from dataaudit.run import Run
 

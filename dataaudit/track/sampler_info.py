@@ -11,8 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from torch.utils.data import (DataLoader, RandomSampler, SequentialSampler, SubsetRandomSampler,
-                              WeightedRandomSampler)
+from torch.utils.data import DataLoader, RandomSampler, SequentialSampler, SubsetRandomSampler, WeightedRandomSampler
 from torch.utils.data.distributed import DistributedSampler
 
 
@@ -21,12 +20,13 @@ def sampler_facts(loader: Any) -> dict[str, Any]:
 
     Returns
     -------
-    dict with: loader (class name), sampler and batch_sampler (class names or None), batch_size, drop_last,
-    dataset_size, replacement, weighted, num_samples (the sampler's draws per epoch, when it has a length),
-    epoch_draws (samples an epoch yields by the contract, after drop_last, over all ranks), contract ("without replacement":
-    num_samples distinct indices per epoch, all of the dataset when that is its size; "with replacement";
-    "subset": a fixed subset, each of it once; "unknown": a custom sampler), subset_size (SubsetRandomSampler), and for a DistributedSampler
-    num_replicas, shuffle and its own drop_last.
+    dict with: loader (class name), sampler and batch_sampler (class names or None), batch_size,
+    drop_last, dataset_size, replacement, weighted, num_samples (the sampler's draws per epoch, when it
+    has a length), epoch_draws (samples an epoch yields by the contract, after drop_last, over all
+    ranks), contract ("without replacement": num_samples distinct indices per epoch, all of the dataset
+    when that is its size; "with replacement"; "subset": a fixed subset, each of it once; "unknown": a
+    custom sampler), subset_size (SubsetRandomSampler), and for a DistributedSampler num_replicas,
+    shuffle and its own drop_last (sampler_drop_last).
     """
     facts: dict[str, Any] = {"loader": type(loader).__name__}
     if not isinstance(loader, DataLoader):

@@ -15,8 +15,9 @@ logits' shape and the targets' dtype and shape together (never the dtype alone):
 Soft targets (mixup, cutmix, smoothed one-hots) give a label only where one class dominates:
 its target probability is at least `DOMINANT` and above every other class's. Elsewhere the
 label is -1 (unknown). The targets' entropy is kept per sample: a cross-entropy against soft
-targets cannot go below it, so the checks read the loss above it (`dataaudit.run`). Whether a batch was soft is computed on the device, so that recording
-never waits for it; the writer thread notes it in the manifest.
+targets cannot go below it, so the checks read the loss above it (`dataaudit.run`). Whether a
+batch was soft is computed on the device, so that recording never waits for it; the writer
+thread notes it in the manifest.
 
 Only the batch that decides the task has its values read (one device sync per run).
 """

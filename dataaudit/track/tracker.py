@@ -31,6 +31,14 @@ import torch
 from dataaudit import store
 from dataaudit.track.batch import per_sample_losses
 from dataaudit.track.epoch import EpochBuffer
+from dataaudit.track.inputs import (
+    TOKEN_FEATURES,
+    float_tensor,
+    input_kind,
+    sketch_features,
+    sketch_shape,
+    token_summary,
+)
 from dataaudit.track.loader import TrackedLoader
 from dataaudit.track.optim import OptimizerWatch, write_steps
 from dataaudit.track.sampler_info import sampler_facts
@@ -39,8 +47,6 @@ from dataaudit.track.task import infer_task, read_batch
 
 # Sketched inputs waiting on the device for the writer are kept under this many bytes.
 _INPUT_BUDGET = 64 << 20
-# Images are pooled to at most this size per channel for the sketch (channels stay exact in mean).
-_SKETCH_SIDE = 16
 
 
 @dataclass
@@ -136,7 +142,7 @@ class Tracker:
         }
 
     def record(self, losses: torch.Tensor, *, logits: torch.Tensor | None = None,
-               targets: torch.Tensor | None = None, inputs: torch.Tensor | None = None,
+               targets: torch.Tensor | None = None, inputs: torch.Tensor | dict | None = None,
                ids: Any = None) -> None:
         """Record the batch the wrapped loader yielded last.
 
@@ -149,7 +155,9 @@ class Tracker:
             label smoothing), 0/1 or probabilities (batch,) for one logit, or floats (batch,) / (batch, d)
             for regression (no logits). The first batch with logits or targets decides the task
             (`dataaudit.track.task`); a later batch that contradicts it is an error.
-        inputs : Tensor of shape (batch, ...), the inputs the model saw, for the input sketch.
+        inputs : the inputs the model saw, for the input sketch: a tensor of shape (batch, ...), or a dict of
+            tensors (HF-style input_ids, attention_mask...; padded per batch is fine). See
+            `dataaudit.track.inputs` for what is kept of each kind.
         ids : sample ids, shape (batch,); needed for an IterableDataset, else the loader's indices.
         """
         self._check_open()
@@ -175,14 +183,7 @@ class Tracker:
             row.update(read_batch(task, logits, targets, n))
         epoch = pending.epoch
         if inputs is not None:
-            inputs = self._check_inputs(epoch, _check_rows("inputs", inputs, n, ndim=None)).detach()
-            flat = inputs.reshape(n, -1)
-            row["fingerprint"] = self._fingerprint(epoch.split, flat.shape[1])(flat.float())
-            if epoch.sketched_batches % self._sketch_every(epoch.split) == 0:
-                x = _sketch_features(inputs).to(torch.float32, copy=True)
-                epoch.inputs.append((ids, x))
-                epoch.input_bytes += x.numel() * 4
-            epoch.sketched_batches += 1
+            self._record_inputs(epoch, row, ids, inputs, n)
         pending.recorded = True
         epoch.recorded += n
         epoch.rows.append(row)
@@ -293,16 +294,52 @@ class Tracker:
             pending.epoch.rows.append({"ids": pending.ids, "n": len(pending.ids)})
         self._pending = None
 
-    def _check_inputs(self, epoch: EpochBuffer, inputs: torch.Tensor) -> torch.Tensor:
-        shape = list(inputs.shape[1:])
+    def _record_inputs(self, epoch: EpochBuffer, row: dict, ids: np.ndarray, inputs: Any, n: int) -> None:
+        """Fingerprint the batch's inputs and, every few batches, sketch them (see `dataaudit.track.inputs`)."""
         info = self._manifest["splits"][epoch.split]
+        kind, key = input_kind(inputs)
+        if "input_kind" not in info:
+            info.update(input_kind=kind, input_key=key,
+                        input_sketch="values" if kind == "float" else
+                        "lengths (attention mask, else non-zero ids); fingerprint: a hash of the unpadded tokens")
+        elif (kind, key) != (info["input_kind"], info.get("input_key")):
+            raise ValueError(f"record() got {kind} inputs{f' (key {key!r})' if key else ''}; earlier batches of "
+                             f"split {epoch.split!r} had {info['input_kind']} inputs"
+                             + (f" (key {info['input_key']!r})" if info.get("input_key") else ""))
+        if kind == "tokens":
+            _check_rows("inputs", float_tensor(inputs, key), n, ndim=None)
+            row["fingerprint"], x = token_summary(inputs, key, n)
+            info.setdefault("sketch_shape", [len(TOKEN_FEATURES)])
+            info.setdefault("sketch_features", TOKEN_FEATURES)
+        else:
+            x = _check_rows("inputs", float_tensor(inputs, key), n, ndim=None).detach()
+            if not self._same_shape(epoch, info, list(x.shape[1:])):
+                return
+            flat = x.reshape(n, -1)
+            row["fingerprint"] = self._fingerprint(epoch.split, flat.shape[1])(flat.float())
+            x = sketch_features(x)
+        if epoch.sketched_batches % self._sketch_every(epoch.split) == 0:
+            x = x.to(torch.float32, copy=True)
+            epoch.inputs.append((ids, x))
+            epoch.input_bytes += x.numel() * 4
+        epoch.sketched_batches += 1
+
+    def _same_shape(self, epoch: EpochBuffer, info: dict, shape: list[int]) -> bool:
+        """Whether float inputs keep the split's per-sample shape. When they change (padded per batch) the split
+        is no longer sketched, with a note: never an error in the training loop."""
         if "input_shape" not in info:
             info["input_shape"] = shape
-            info["sketch_shape"] = _sketch_shape(shape)
-        elif info["input_shape"] != shape:
-            raise ValueError(f"record() got inputs of shape {tuple(shape)} per sample; earlier batches of "
-                             f"split {epoch.split!r} had {tuple(info['input_shape'])}")
-        return inputs
+            info["sketch_shape"] = sketch_shape(shape)
+        if info.get("input_sketch") == "stopped":
+            return False
+        if info["input_shape"] != shape:
+            info["input_sketch"] = "stopped"
+            info["input_sketch_note"] = (
+                f"inputs of shape {tuple(shape)} per sample at epoch {epoch.epoch}, after {tuple(info['input_shape'])}"
+                " (padded per batch?): the sketch and fingerprints stop there; pass fixed-size inputs, or a dict "
+                "with an attention_mask, to sketch variable-length inputs")
+            return False
+        return True
 
     def _sketch_every(self, split: str) -> int:
         """Every how many batches feed the input sketch, for about `sketch_rows` samples an epoch."""
@@ -446,23 +483,6 @@ class Tracker:
         if self._closed:
             raise RuntimeError("this Tracker is closed; open the run again with "
                                "dataaudit.Tracker(run_dir) to resume it")
-
-
-def _sketch_shape(shape: list[int]) -> list[int]:
-    """Per-sample shape the input sketch sees: images (C, H, W) larger than 16 x 16 are
-    average-pooled to at most 16 x 16 (each channel's mean stays exact)."""
-    if len(shape) == 3 and shape[1] * shape[2] > _SKETCH_SIDE**2:
-        return [shape[0], min(shape[1], _SKETCH_SIDE), min(shape[2], _SKETCH_SIDE)]
-    return shape
-
-
-def _sketch_features(inputs: torch.Tensor) -> torch.Tensor:
-    """The batch as the input sketch sees it, flattened to (n, features)."""
-    n = inputs.shape[0]
-    shape = _sketch_shape(list(inputs.shape[1:]))
-    if shape != list(inputs.shape[1:]):
-        return torch.nn.functional.adaptive_avg_pool2d(inputs.float(), shape[1:]).reshape(n, -1)
-    return inputs.reshape(n, -1)
 
 
 def _as_tensor(value: Any) -> torch.Tensor:
