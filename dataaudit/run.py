@@ -25,7 +25,7 @@ from dataaudit import store
 RECORD_COLUMNS = {"epoch": "int32", "sample_id": "int64", "loss": "float32", "prob": "float32",
                   "margin": "float32", "label": "int32", "pred": "int32", "fingerprint": "float32"}
 # Written only by some runs: the target of a regression run, the entropy of soft targets (float32; NaN elsewhere).
-OPTIONAL_RECORD_COLUMNS = {"target": "float32", "target_entropy": "float32"}
+OPTIONAL_RECORD_COLUMNS = {"target": "float32", "target_entropy": "float32", "target_prob": "float32"}
 COVERAGE_COLUMNS = ["epoch", "seen", "unique", "missing", "duplicates", "complete", "order_hash"]
 _PARTITION = re.compile(r"^(?P<table>\w+)/(?:split=(?P<split>\w+)/)?epoch=(?P<epoch>\d+)/rank=(?P<rank>\d+)/")
 
@@ -37,10 +37,10 @@ class Split:
     records : one row per (epoch, sample): epoch, sample_id, loss, label, pred, prob, margin,
         fingerprint (the input projected on a fixed random direction; NaN without inputs); regression
         runs add target (see `Run.task`). With soft targets (mixup, smoothed one-hots) the records add
-        target_entropy, and loss is what the model can still remove: the recorded cross-entropy less the
-        targets' entropy, the least it can be (their KL divergence), so that the loss curves read as
-        with hard labels. A recorded loss that is not a cross-entropy against those targets (below
-        their entropy) is left as recorded.
+        target_entropy and target_prob (the dominant class's target probability), and loss is what the
+        model can still remove: the recorded cross-entropy less the targets' entropy, the least it can be
+        (their KL divergence), so that the loss curves read as with hard labels. A recorded loss that is
+        not a cross-entropy against those targets (below their entropy) is left as recorded.
     coverage : one row per epoch: epoch, seen, unique, missing, duplicates, complete, order_hash.
     draws : epoch -> ids in the order the loader drew them, shape (seen,).
     features : epoch -> per-feature moments of the inputs (feature, count, mean, m2, min, max).

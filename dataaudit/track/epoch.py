@@ -116,11 +116,13 @@ def records_table(rows: list[dict], epoch: int, *, store_probs: bool) -> pa.Tabl
         "pred": np.full(total, -1, np.int64),
         "fingerprint": _gather(rows, "fingerprint", n, np.float32, np.nan),
     }
-    for name in ("target", "target_entropy"):  # regression targets; the entropy of probability targets
-        if any(name in r for r in rows):
-            values = _gather(rows, name, n, np.float32, np.nan)
-            if name == "target" or (values > 0).any():  # hard targets have no entropy: no column
-                columns[name] = values
+    if any("target" in r for r in rows):  # regression
+        columns["target"] = _gather(rows, "target", n, np.float32, np.nan)
+    if any("target_entropy" in r for r in rows):  # targets given as probabilities
+        entropy = _gather(rows, "target_entropy", n, np.float32, np.nan)
+        if (entropy > 0).any():  # soft: hard one-hots need neither column
+            columns["target_entropy"] = entropy
+            columns["target_prob"] = _gather(rows, "target_prob", n, np.float32, np.nan)
     has_logits = np.repeat([("logits" in r) for r in rows], n)
     if has_logits.any():
         logits = torch.cat([r["logits"] for r in rows if "logits" in r]).cpu().numpy()

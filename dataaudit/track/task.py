@@ -60,8 +60,9 @@ def infer_task(logits: torch.Tensor | None, targets: torch.Tensor | None) -> dic
 def read_batch(task: dict[str, Any], logits: torch.Tensor | None, targets: torch.Tensor | None,
                n: int) -> dict[str, torch.Tensor]:
     """The batch's row entries under `task`: logits (n, k) float32, label (n,) int64 (-1 unknown),
-    soft () bool (a device tensor: some target was soft), target_entropy (n,) float32 (targets given as
-    probabilities), target (n,) float32 (regression).
+    soft () bool (a device tensor: some target was soft), target_entropy (n,) float32 and target_prob (n,)
+    float32 (the largest class probability) for targets given as probabilities, target (n,) float32
+    (regression).
 
     Copies, not views: loaders and CUDA graphs may reuse their buffers. Raises ValueError when the
     batch contradicts the task the run's earlier batches showed.
@@ -96,6 +97,7 @@ def read_batch(task: dict[str, Any], logits: torch.Tensor | None, targets: torch
         row["label"] = torch.where(t > DOMINANT, 1, torch.where(t < DOMINANT, 0, -1)).long()
         row["soft"] = ((t > 0) & (t < 1)).any()
         row["target_entropy"] = _entropy(torch.stack([1 - t, t], 1))
+        row["target_prob"] = torch.maximum(t, 1 - t)
         return row
     k = task.get("num_classes")
     if targets.ndim == 2 and targets.shape[1] > 1:
@@ -106,6 +108,7 @@ def read_batch(task: dict[str, Any], logits: torch.Tensor | None, targets: torch
         row["label"] = torch.where(dominant, targets.argmax(1), -1).long()
         row["soft"] = (top[:, 0] < 1).any()
         row["target_entropy"] = _entropy(targets.float())
+        row["target_prob"] = top[:, 0]
         return row
     if targets.ndim == 2:
         targets = targets[:, 0]
