@@ -1,4 +1,4 @@
-"""Developer sessions: `nox -s tests`, `nox -s lint`, `nox -s bench`."""
+"""Developer sessions: `nox -s tests`, `nox -s lint`, `nox -s bench`, `nox -s field`."""
 from __future__ import annotations
 
 import nox
@@ -33,3 +33,12 @@ def bench(session: nox.Session) -> None:
     session.run("python", "benchmarks/bench_overhead.py")
     session.run("python", "benchmarks/bench_scale.py")
     session.run("python", "benchmarks/bench_labels.py", *session.posargs)
+
+
+@nox.session(python="3.11")
+def field(session: nox.Session) -> None:
+    """The field zoo's full loops (realistic training loops scored against their truths; minutes)."""
+    session.install(TORCH)
+    session.install("-e", ".[test]")
+    session.run("python", "-m", "pytest", "-q", "tests/test_field_tasks.py", *session.posargs,
+                env={"DATAAUDIT_FIELD": "full"})
