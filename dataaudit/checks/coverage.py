@@ -105,7 +105,10 @@ def _compute_coverage(draws: dict[int, np.ndarray], coverage: pd.DataFrame, epoc
     # what the contract leaves out of each epoch: the drop_last remainder, or a sampler asked for fewer draws
     expected_gap = max(n_universe - facts["epoch_draws"], 0) if facts.get("epoch_draws") is not None else 0
     partial_by_design = bool(expected_gap) and facts.get("contract") == "without replacement"
-    elsewhere = [name for name, ids in (held_out or {}).items() if len(missing) and np.isin(missing, ids).all()]
+    # held out: another split draws exactly from what this one never draws (a split of one dataset),
+    # not a dataset of its own that merely has as many samples
+    elsewhere = [name for name, ids in (held_out or {}).items()
+                 if len(missing) and np.isin(missing, ids).all() and not np.isin(ids, in_complete).any()]
 
     findings = []
     if len(missing):

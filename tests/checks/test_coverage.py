@@ -152,6 +152,9 @@ def test_a_subset_never_drawn_is_a_fault_unless_another_split_draws_it(rng):
     held = _judged(draws, 100, facts, held_out={"val": np.arange(60, 100)})
     assert held.status == "info" and "'val'" in held.findings[0].summary
     assert held.details["missing_ids"] == list(range(60, 100))
+    # a validation set of its own that happens to have as many samples explains nothing
+    other = _judged(draws, 100, facts, held_out={"val": np.arange(100)})
+    assert other.status == "critical"
 
 
 def test_a_weighted_sampler_end_to_end_is_at_most_info(tmp_path):
