@@ -300,6 +300,7 @@ class Tracker:
         kind, key = input_kind(inputs)
         if "input_kind" not in info:
             info.update(input_kind=kind, input_key=key,
+                        input_dtype=str(float_tensor(inputs, key).dtype).removeprefix("torch."),
                         input_sketch="values" if kind == "float" else
                         "lengths (attention mask, else non-zero ids); fingerprint: a hash of the unpadded tokens")
         elif (kind, key) != (info["input_kind"], info.get("input_key")):

@@ -50,7 +50,7 @@ def test_dict_batches_padded_per_batch_never_raise(run_dir):
                 logits = emb(batch["input_ids"])
                 tracker.record(F.cross_entropy(logits, y, reduction="none"), logits=logits, targets=y, inputs=batch)
     info = json.loads((run_dir / store.MANIFEST).read_text())["splits"]["train"]
-    assert info["input_kind"] == "tokens" and info["input_key"] == "input_ids"
+    assert info["input_kind"] == "tokens" and info["input_key"] == "input_ids" and info["input_dtype"] == "int64"
     run = dataaudit.load_run(run_dir)
     # the sketch keeps each sample's length; fingerprints ignore how a batch was padded
     lengths = run.train.features[0]
@@ -99,6 +99,7 @@ def test_float_inputs_whose_shape_changes_stop_the_sketch_with_a_note(run_dir):
                 x = torch.randn(len(idx), 4 + int(idx[0]) // 10, 2)  # a sequence length that changes per batch
                 tracker.record(torch.ones(len(idx)), inputs=x)
     info = json.loads((run_dir / store.MANIFEST).read_text())["splits"]["train"]
+    assert info["input_kind"] == "float" and info["input_dtype"] == "float32"
     assert info["input_sketch"] == "stopped" and "padded per batch" in info["input_sketch_note"]
     run = dataaudit.load_run(run_dir)
     assert len(run.records) == 80
