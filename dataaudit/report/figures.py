@@ -128,8 +128,9 @@ def suspicious_samples(audit: Audit, *, top: int = TOP_SAMPLES) -> list[dict[str
     targets check (regression): sample_id, loss, residual.
     """
     result = audit.results.get("labels")
-    if (result is None or result.status == "skipped") and "targets" in audit.results:
-        result = audit.results["targets"]  # regression: the samples flagged for their targets
+    targets = audit.results.get("targets")
+    if (result is None or result.status == "skipped") and targets is not None and targets.status != "skipped":
+        result = targets  # regression: the samples flagged for their targets
     table = result.per_sample if result is not None else None
     ids = list(audit.label_issues[:top])
     if table is None or not len(table) or not ids:

@@ -244,7 +244,7 @@ def flagged_table(audit):
 
     result = audit.results.get("scan_labels") or audit.results.get("labels")
     targets = audit.results.get("targets")
-    if (result is None or result.status == "skipped") and targets is not None and targets.per_sample is not None:
+    if (result is None or result.status == "skipped") and targets is not None and targets.status != "skipped":
         # regression: the samples flagged for their targets, with their mean loss and residual
         table = targets.per_sample.set_index("sample_id")
         ids = [i for i in targets.details.get("label_issues", []) if i in table.index]
