@@ -37,7 +37,8 @@ def bench(session: nox.Session) -> None:
 
 @nox.session(python="3.11")
 def field(session: nox.Session) -> None:
-    """The field zoo's full loops (realistic training loops with known truths); the default suite runs quick ones."""
+    """The field zoo's full loops (realistic training loops scored against their truths; minutes).
+    The default suite runs their quick versions."""
     session.install(TORCH)
     session.install("-e", ".[test]")
     session.run("python", "-m", "pytest", "-q", "tests/test_field.py", *session.posargs,

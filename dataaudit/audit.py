@@ -92,7 +92,8 @@ def analyze(run: str | Path | Run, *, checks: Iterable[str] | None = None) -> Au
         run = load_run(run)
     names = list(REGISTRY) if checks is None else list(checks)
     results = reconcile({name: get_check(name)(run) for name in names})
-    labels = results.get("labels")
+    # noisy labels (classification) or noisy targets (regression): one list of suspicious ids
+    flagging = [r for name in ("labels", "targets") if (r := results.get(name)) is not None and r.status != "skipped"]
     attribution = attribute(run, results)
     plateau = results.get("plateau")
     return Audit(
@@ -100,7 +101,7 @@ def analyze(run: str | Path | Run, *, checks: Iterable[str] | None = None) -> Au
         data_share=attribution.data_share,
         results=results,
         plateau=dict(plateau.details) if plateau is not None else {"detected": False, "onset_epoch": None},
-        label_issues=tuple(labels.details.get("label_issues", [])) if labels else (),
+        label_issues=tuple(flagging[0].details.get("label_issues", [])) if flagging else (),
         attribution={**attribution.details, "verdict": attribution.verdict, "data_share": attribution.data_share},
         run_summary=_summary(run),
         run=run,
@@ -114,6 +115,8 @@ def _summary(run: Run) -> dict[str, Any]:
         "epochs": len(train.epochs),
         "complete_epochs": len(train.complete_epochs),
         "samples": train.dataset_size,
+        "task": run.task,
+        "soft_targets": run.soft_targets,
         "num_classes": run.num_classes,
         "splits": sorted(run.splits),
         "steps": int(len(run.steps)),

@@ -28,7 +28,8 @@ def _finish(audit, out: Path, fail_on: str) -> None:
     flagged.to_csv(out / "flagged.csv", index=False)
     audit.write_json(out / "audit.json")
     audit.write_html(out / "audit.html")
-    typer.echo(f"{len(flagged)} suspected label errors in {out / 'flagged.csv'}")
+    kind = "target" if audit.run_summary.get("task") == "regression" else "label"
+    typer.echo(f"{len(flagged)} suspected {kind} errors in {out / 'flagged.csv'}")
     worst = max((_SEVERITY[f.severity] for f in audit.findings), default=-1)
     typer.echo(f"verdict: {audit.verdict} (data share {audit.data_share:.0%}); "
                f"{len(audit.findings)} findings; report in {out / 'audit.html'}")

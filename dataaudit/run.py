@@ -24,6 +24,8 @@ from dataaudit import store
 # label and pred are int32 (class indices, -1 = unknown): at 20M rows each int64 column costs 80 MB more.
 RECORD_COLUMNS = {"epoch": "int32", "sample_id": "int64", "loss": "float32", "prob": "float32",
                   "margin": "float32", "label": "int32", "pred": "int32", "fingerprint": "float32"}
+# Written only by some runs: the target of a regression run, the entropy of soft targets (float32; NaN elsewhere).
+OPTIONAL_RECORD_COLUMNS = {"target": "float32", "target_entropy": "float32", "target_prob": "float32"}
 COVERAGE_COLUMNS = ["epoch", "seen", "unique", "missing", "duplicates", "complete", "order_hash"]
 _PARTITION = re.compile(r"^(?P<table>\w+)/(?:split=(?P<split>\w+)/)?epoch=(?P<epoch>\d+)/rank=(?P<rank>\d+)/")
 
@@ -33,7 +35,12 @@ class Split:
     """What one split (train, val...) of a run captured.
 
     records : one row per (epoch, sample): epoch, sample_id, loss, label, pred, prob, margin,
-        fingerprint (the input projected on a fixed random direction; NaN without inputs).
+        fingerprint (the input projected on a fixed random direction; NaN without inputs); regression
+        runs add target (see `Run.task`). With soft targets (mixup, smoothed one-hots) the records add
+        target_entropy and target_prob (the dominant class's target probability), and loss is what the
+        model can still remove: the recorded cross-entropy less the targets' entropy, the least it can be
+        (their KL divergence), so that the loss curves read as with hard labels. A recorded loss that is
+        not a cross-entropy against those targets (below their entropy) is left as recorded.
     coverage : one row per epoch: epoch, seen, unique, missing, duplicates, complete, order_hash.
     draws : epoch -> ids in the order the loader drew them, shape (seen,).
     features : epoch -> per-feature moments of the inputs (feature, count, mean, m2, min, max).
@@ -108,7 +115,20 @@ class Run:
         return self.train.coverage
 
     @property
+    def task(self) -> str:
+        """"classification", "binary" (one logit) or "regression", as the tracker recorded it
+        (runs recorded before the task was, and scans, are classification)."""
+        return (self.meta.get("task") or {}).get("kind") or "classification"
+
+    @property
+    def soft_targets(self) -> bool:
+        """Whether some recorded target was soft (mixup, cutmix, smoothed one-hots)."""
+        return bool((self.meta.get("task") or {}).get("soft_targets"))
+
+    @property
     def num_classes(self) -> int | None:
+        if self.task == "regression":
+            return None
         n = self.meta.get("num_classes")
         if n is None and len(self.records):
             n = int(max(self.records["label"].max(), self.records["pred"].max())) + 1
@@ -143,7 +163,9 @@ class Run:
                       features=split_features, dataset_size=n,
                       input_shape=None if features is None else tuple(np.shape(features)[1:]),
                       probs_source={0: (ids, pred_probs)})
-        return cls({"train": split}, _empty_steps(), _empty_layers(), {"num_classes": k, **(meta or {})})
+        task = {"kind": "classification", "soft_targets": False, "num_classes": k}
+        return cls({"train": split}, _empty_steps(), _empty_layers(),
+                   {"num_classes": k, "task": task, **(meta or {})})
 
 
 def load_run(run_dir: str | Path) -> Run:
@@ -201,7 +223,7 @@ def _load_split(name: str, info: dict, epochs: list[dict], files: dict) -> Split
         if recorded.null_count or not pa.compute.all(recorded).as_py():
             rows = rows.filter(pa.compute.fill_null(recorded, False))
         rows = rows.drop_columns(["recorded"])
-        records = rows.to_pandas(split_blocks=True, self_destruct=True)
+        records = _loss_above_entropy(rows.to_pandas(split_blocks=True, self_destruct=True))
         del rows
         pa.default_memory_pool().release_unused()  # hand the table's memory back to the system now
     else:
@@ -225,6 +247,19 @@ def _load_split(name: str, info: dict, epochs: list[dict], files: dict) -> Split
                  probs_source=has_probs)
 
 
+def _loss_above_entropy(records: pd.DataFrame) -> pd.DataFrame:
+    """Records whose loss is less the soft targets' entropy, where the losses are cross-entropies against them."""
+    if "target_entropy" not in records:
+        return records
+    loss = records["loss"].to_numpy()
+    entropy = np.nan_to_num(records["target_entropy"].to_numpy(), nan=0.0)
+    finite = np.isfinite(loss)
+    # a cross-entropy is at least the targets' entropy (float32 rounding aside)
+    if finite.any() and (loss[finite] >= entropy[finite] - 1e-3).mean() >= 0.99:
+        records["loss"] = np.maximum(loss - entropy, 0.0).astype(np.float32)
+    return records
+
+
 def _read_records(paths: list[Path]) -> pa.Table:
     """The records of `paths` as one table, narrowed file by file (label and pred to int32, sample_id to int32
     when every id fits), so that the wide columns of all the files are never held at once."""
@@ -232,7 +267,9 @@ def _read_records(paths: list[Path]) -> pa.Table:
     limit = np.iinfo(np.int32)
     parts = []
     for path in paths:
-        table = pq.read_table(path, columns=[*RECORD_COLUMNS, "recorded"])
+        present = set(pq.read_schema(path).names)
+        optional = [c for c in OPTIONAL_RECORD_COLUMNS if c in present]
+        table = pq.read_table(path, columns=[*RECORD_COLUMNS, *optional, "recorded"])
         for name in ("label", "pred", "epoch"):
             i = table.schema.get_field_index(name)
             if i >= 0 and table.schema.field(i).type != small:

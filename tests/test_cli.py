@@ -207,6 +207,20 @@ def test_report_on_a_tracked_run(tmp_path):
     assert (tmp_path / "out" / "audit.html").stat().st_size > 0
 
 
+def test_report_on_a_regression_run_lists_the_suspected_targets(tmp_path):
+    from fixtures.tasks import regression_data, train_regression
+
+    X, y, corrupted = regression_data(300, outliers=0.15, seed=2)
+    train_regression(tmp_path / "run", X, y, epochs=10)
+    result = CliRunner().invoke(app, ["report", str(tmp_path / "run"), "--out", str(tmp_path / "out")])
+    assert result.exit_code == 1 and "suspected target errors" in result.output, result.output
+    flagged = pd.read_csv(tmp_path / "out" / "flagged.csv")
+    assert list(flagged.columns) == ["sample_id", "loss", "residual"]
+    assert set(flagged["sample_id"]) <= set(corrupted.tolist()) and len(flagged) >= 0.8 * len(corrupted)
+    html = (tmp_path / "out" / "audit.html").read_text()
+    assert "samples flagged for their targets" in html and "regression" in html
+
+
 def test_report_on_a_missing_run_exits_2(tmp_path):
     result = subprocess.run([sys.executable, "-m", "dataaudit.cli", "report", str(tmp_path / "nope")],
                             capture_output=True, text=True)

@@ -15,6 +15,8 @@ from fixtures.field import FieldTruth, discover, score
 
 FULL = os.environ.get("DATAAUDIT_FIELD", "quick") == "full"
 LOOPS = discover()
+# Known misses, with the reason: kept visible as xfail, not dropped.
+KNOWN: dict[str, str] = {}
 
 
 def test_the_field_zoo_has_loops():
@@ -23,7 +25,9 @@ def test_the_field_zoo_has_loops():
 
 
 @pytest.mark.parametrize("name", sorted(LOOPS))
-def test_field_loop(name, tmp_path):
+def test_field_loop(name, tmp_path, request):
+    if name in KNOWN:
+        request.applymarker(pytest.mark.xfail(reason=KNOWN[name], strict=False))
     run_dir = tmp_path / "run"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # training-loop warnings (autocast, sklearn) are not what is judged

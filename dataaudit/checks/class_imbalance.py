@@ -30,6 +30,7 @@ from dataaudit.checks.base import CheckResult, Finding
 from dataaudit.run import Run
 
 NAME = "class_imbalance"
+TASKS = ("classification", "binary")
 
 # A class is under-represented below this fraction of the median class count ...
 _FRACTION = 0.25

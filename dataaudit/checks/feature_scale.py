@@ -1,5 +1,7 @@
 """Feature scale: are some input features orders of magnitude larger than the rest?
 
+Floating-point inputs only: integer inputs (token ids, category codes) are indices, not
+quantities, and are skipped with that reason (the tracker records the inputs' kind).
 Reads the per-feature moments of the inputs the model saw (the tracker's input
 sketch) at the earliest epoch that has them, before any later change of the
 pipeline. Images (C, H, W) are judged per channel: a channel's mean is the mean
@@ -56,9 +58,14 @@ def check(run: Run, *, split: str = "train") -> CheckResult:
     and the split's sketch shape. Skipped when no inputs were tracked.
     """
     data = run.split(split)
+    info = run.meta.get("splits", {}).get(split, {})
+    kind = info.get("input_kind", "float")
+    if kind != "float":  # token ids and category codes are indices, not quantities with a scale
+        return CheckResult.skipped(NAME, f"the inputs of split {split!r} are {kind} (integer ids or codes, not "
+                                         "measured quantities): only floating-point inputs have a scale to judge")
     if data is None or not data.features:
-        return CheckResult.skipped(NAME, f"no input statistics of split {split!r} were tracked "
-                                         "(record() was called without inputs=)")
+        why = info.get("input_sketch_note") or "record() was called without inputs="
+        return CheckResult.skipped(NAME, f"no input statistics of split {split!r} were tracked ({why})")
     epoch = min(data.features)
     table = data.features[epoch]
     missing = [c for c in _COLUMNS if c not in table.columns]

@@ -47,10 +47,13 @@ from dataaudit.checks.base import CheckResult, Finding
 from dataaudit.run import Run, positions, unique_ids
 
 NAME = "labels"
+TASKS = ("classification", "binary")
 # Below this lift over always guessing the commonest class, the model has not learnt enough to judge labels.
 _MIN_LIFT = 0.2
 # Above this estimated share of wrong labels, the disagreement says more about the model than the labels.
 _MAX_NOISE = 0.5
+# Soft targets: rows whose dominant class has less target probability than this are not judged.
+_SOFT_PURITY = 0.75
 # Candidate window ends tried (evenly spread): each costs one confident-learning count.
 _WINDOW_CANDIDATES = 8
 # Mislabeled samples are predicted as their true class nearly every epoch (0.9-1.0 in the runs
@@ -93,7 +96,35 @@ def check(run: Run) -> CheckResult:
     k = run.num_classes or int(dynamics.labels.max()) + 1
     if k < 2 or len(np.unique(dynamics.labels)) < 2:
         return CheckResult.skipped(NAME, "the labels hold fewer than two classes")
-    return _compute_label_issues(dynamics, k)
+    result = _compute_label_issues(dynamics, k)
+    return _with_soft_note(result, run, epochs) if run.soft_targets else result
+
+
+def _with_soft_note(result: CheckResult, run: Run, epochs: list[int]) -> CheckResult:
+    """Say how soft targets were read: a label where one class dominates, rows of another sample's class left out."""
+    from dataaudit.track.task import DOMINANT
+
+    records = run.train.records
+    rows = np.isin(records["epoch"].to_numpy(), epochs)
+    labels = records["label"].to_numpy()
+    dominant = rows & (labels >= 0)
+    usual = _usual_label(records["sample_id"].to_numpy(), labels, dominant)
+    total, none = int(rows.sum()), int((rows & (labels < 0)).sum())
+    partner = int((dominant & (labels != usual)).sum())
+    mixed = int((rows & (records["target_prob"].to_numpy() < _SOFT_PURITY)).sum()) if "target_prob" in records else 0
+    soft = {"rule": f"a soft target's label is its dominant class (probability >= {DOMINANT} and above every other "
+                    f"class), -1 (unknown) elsewhere; rows whose dominant class has less than {_SOFT_PURITY} of the "
+                    "target, or is not the sample's usual one (a mixup partner's), are left out",
+            "rows": total, "rows_without_dominant_class": none, "rows_of_another_class": partner,
+            "rows_mixed": mixed}
+    note = Finding(NAME, "info",
+                   f"Targets were soft (mixup, cutmix or smoothed labels): labels were judged on each sample's "
+                   f"dominant class; of {total} recorded rows, {none} ({none / max(total, 1):.1%}) had no dominant "
+                   f"class, {mixed} ({mixed / max(total, 1):.1%}) one with less than {_SOFT_PURITY:.0%} of the target "
+                   f"and {partner} ({partner / max(total, 1):.1%}) were dominated by another sample's class: "
+                   "those were left out.", evidence=soft)
+    return dataclasses.replace(result, details={**result.details, "soft_targets": soft},
+                               findings=(*result.findings, note))
 
 
 def _dynamics(run: Run, epochs: list[int]) -> Dynamics:
@@ -101,6 +132,12 @@ def _dynamics(run: Run, epochs: list[int]) -> Dynamics:
     epoch_col = records["epoch"].to_numpy()
     label_col = records["label"].to_numpy()
     keep = np.isin(epoch_col, epochs) & (label_col >= 0)
+    if run.soft_targets and "target_prob" in records:
+        # A mixed input speaks for its sample's label only where the sample makes up most of it
+        # (3/4: a right model then still prefers its class); a row dominated by a mixup partner
+        # carries the partner's class, not this sample's.
+        keep &= ~(records["target_prob"].to_numpy() < _SOFT_PURITY)
+        keep &= label_col == _usual_label(records["sample_id"].to_numpy(), label_col, keep)
     everything = bool(keep.all())  # the usual case: no copy of the 20M-row columns
 
     def column(name: str) -> np.ndarray:
@@ -128,6 +165,16 @@ def _dynamics(run: Run, epochs: list[int]) -> Dynamics:
     if k is not None and all(e in run.train.probs_source for e in epochs):
         probs = functools.partial(_epoch_probs, run.train, ids, epochs, k)
     return Dynamics(ids, labels, margin, pred, probs, list(epochs))
+
+
+def _usual_label(ids: np.ndarray, labels: np.ndarray, keep: np.ndarray) -> np.ndarray:
+    """Per row, the label its sample carries most often over the kept rows (rows (m,); -2 for samples with none)."""
+    uniq, index = unique_ids(ids[keep], return_inverse=True)
+    k = int(labels[keep].max()) + 1 if keep.any() else 1
+    counts = np.bincount(index * k + labels[keep], minlength=len(uniq) * k).reshape(len(uniq), k)
+    usual = counts.argmax(1)
+    pos, ok = positions(uniq, ids)
+    return np.where(ok, usual[pos], -2)
 
 
 def _epoch_probs(split, ids: np.ndarray, epochs: list[int], k: int, j: int) -> np.ndarray | None:
@@ -175,7 +222,8 @@ def _compute_label_issues(d: Dynamics, k: int) -> CheckResult:
     quality = pp[np.arange(n), d.labels] if pp is not None else 1 / (1 + np.exp(-aum))
     suggested = _suggest(pp, d.labels) if pp is not None else _modal_other(d.pred[:, first:end], d.labels)
     # share of window epochs in which the model predicted the suggested class
-    consistency_of = (d.pred[:, first:end] == suggested[:, None]).mean(1)
+    drawn = d.pred[:, first:end] >= 0  # epochs a sample was drawn in (and kept)
+    consistency_of = (d.pred[:, first:end] == suggested[:, None]).sum(1) / np.maximum(drawn.sum(1), 1)
     consistency = float(consistency_of[flagged].mean()) if flagged.any() else 1.0
     settled = consistency >= _MIN_CONSISTENCY
     if not settled:
@@ -297,6 +345,7 @@ def _windows(d: Dynamics, first: int, ends: list[int], k: int) -> Iterator[tuple
                 p = d.probs(j)
                 if p is None:
                     raise _NoProbs
+                p[np.isnan(d.margin[:, j])] = np.nan  # rows left out of the margins (soft targets) stay out
                 missing = np.isnan(p)
                 p[missing] = 0.0
                 total += p
@@ -310,7 +359,8 @@ def _windows(d: Dynamics, first: int, ends: list[int], k: int) -> Iterator[tuple
             yield end, None, aum
             continue
         # float32 sum divided by the count, as np.nanmean over the stacked epochs would
-        pp = np.divide(total, count, dtype=np.float64).astype(np.float32)
+        with np.errstate(invalid="ignore", divide="ignore"):  # samples never kept in the window: NaN, then 1/k
+            pp = np.divide(total, count, dtype=np.float64).astype(np.float32)
         pp = pp.astype(np.float64)
         pp = np.where(np.isfinite(pp), pp, 1.0 / k)
         pp = np.clip(pp, 1e-9, None)

@@ -124,14 +124,19 @@ def downsample(table: pd.DataFrame, points: int = MAX_POINTS) -> pd.DataFrame:
 def suspicious_samples(audit: Audit, *, top: int = TOP_SAMPLES) -> list[dict[str, Any]]:
     """The `top` most suspicious samples, in the order of audit.label_issues.
 
-    Each row: sample_id, label, suggested_label, label_quality (and aum when the check has it).
+    Each row: sample_id, label, suggested_label, label_quality (and aum when the check has it); for the
+    targets check (regression): sample_id, loss, residual.
     """
     result = audit.results.get("labels")
+    targets = audit.results.get("targets")
+    if (result is None or result.status == "skipped") and targets is not None and targets.status != "skipped":
+        result = targets  # regression: the samples flagged for their targets
     table = result.per_sample if result is not None else None
     ids = list(audit.label_issues[:top])
     if table is None or not len(table) or not ids:
         return []
-    keep = [c for c in ("sample_id", "label", "suggested_label", "label_quality", "aum") if c in table]
+    keep = [c for c in ("sample_id", "label", "suggested_label", "label_quality", "aum", "loss", "residual")
+            if c in table]
     table = table[keep].drop_duplicates("sample_id").set_index("sample_id", drop=False)
     present = [i for i in ids if i in table.index]
     return table.loc[present].to_dict("records")

@@ -43,6 +43,9 @@ def render_html(audit: Audit) -> str:
     drift = figures.drift_rows(audit)
     drift_result = audit.results.get("drift")
     labels = audit.results.get("labels")
+    targets = audit.results.get("targets")
+    if (labels is None or labels.status == "skipped") and targets is not None and targets.status != "skipped":
+        labels = targets  # regression: its flagged samples stand where label issues do
     plots_svg = {
         "loss": (plots.loss_histogram(figures.loss_histogram(run, flagged)) if one_epoch else
                  plots.loss_curve(losses, onset=onset, plateau_epochs=plateau_epochs)),

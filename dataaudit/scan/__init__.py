@@ -237,11 +237,19 @@ def flagged_table(audit):
     """The scan's suspected label errors, most suspicious first, as a DataFrame.
 
     Columns: sample_id, given_label, suggested_label, label_quality; given_class and suggested_class when
-    the classes have names; file for image folders.
+    the classes have names; file for image folders. For a regression run, the samples the targets check
+    flagged: sample_id, loss, residual.
     """
     import pandas as pd
 
     result = audit.results.get("scan_labels") or audit.results.get("labels")
+    targets = audit.results.get("targets")
+    if (result is None or result.status == "skipped") and targets is not None and targets.status != "skipped":
+        # regression: the samples flagged for their targets, with their mean loss and residual
+        table = targets.per_sample.set_index("sample_id")
+        ids = [i for i in targets.details.get("label_issues", []) if i in table.index]
+        return pd.DataFrame({"sample_id": ids, "loss": table.loc[ids, "loss"].to_numpy().round(6),
+                             "residual": table.loc[ids, "residual"].to_numpy().round(4)})
     columns = ["sample_id", "given_label", "suggested_label", "label_quality"]
     if result is None or result.per_sample is None or "label_issues" not in result.details:
         return pd.DataFrame(columns=columns)

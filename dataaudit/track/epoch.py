@@ -47,6 +47,7 @@ class EpochBuffer:
     input_bytes: int = 0
     # written by the writer thread only:
     nonfinite: int = 0
+    soft_targets: bool = False  # some recorded target was soft (mixup, smoothed one-hots)
     chunks: int = 0
     files: list[str] = field(default_factory=list)
     moments: Moments = field(default_factory=Moments)
@@ -69,6 +70,8 @@ class EpochBuffer:
             if self.reservoir is None:
                 self.reservoir = Reservoir(reservoir_size)
             self.reservoir.update(ids, projection(x))
+        if any(bool(r["soft"]) for r in chunk.rows if "soft" in r):  # device scalars, read here, off the loop
+            self.soft_targets = True
         if chunk.rows:
             table = records_table(chunk.rows, self.epoch, store_probs=store_probs)
             # drawn-but-unrecorded rows carry NaN for "no loss", not a non-finite loss
@@ -113,6 +116,13 @@ def records_table(rows: list[dict], epoch: int, *, store_probs: bool) -> pa.Tabl
         "pred": np.full(total, -1, np.int64),
         "fingerprint": _gather(rows, "fingerprint", n, np.float32, np.nan),
     }
+    if any("target" in r for r in rows):  # regression
+        columns["target"] = _gather(rows, "target", n, np.float32, np.nan)
+    if any("target_entropy" in r for r in rows):  # targets given as probabilities
+        entropy = _gather(rows, "target_entropy", n, np.float32, np.nan)
+        if (entropy > 0).any():  # soft: hard one-hots need neither column
+            columns["target_entropy"] = entropy
+            columns["target_prob"] = _gather(rows, "target_prob", n, np.float32, np.nan)
     has_logits = np.repeat([("logits" in r) for r in rows], n)
     if has_logits.any():
         logits = torch.cat([r["logits"] for r in rows if "logits" in r]).cpu().numpy()

@@ -29,16 +29,24 @@ import numpy as np
 import torch
 
 from dataaudit import store
-from dataaudit.track.batch import as_targets, per_sample_losses
+from dataaudit.track.batch import per_sample_losses
 from dataaudit.track.epoch import EpochBuffer
+from dataaudit.track.inputs import (
+    TOKEN_FEATURES,
+    float_tensor,
+    input_kind,
+    sketch_features,
+    sketch_shape,
+    token_summary,
+)
 from dataaudit.track.loader import TrackedLoader
 from dataaudit.track.optim import OptimizerWatch, write_steps
+from dataaudit.track.sampler_info import sampler_facts
 from dataaudit.track.sketch import Projection
+from dataaudit.track.task import infer_task, read_batch
 
 # Sketched inputs waiting on the device for the writer are kept under this many bytes.
 _INPUT_BUDGET = 64 << 20
-# Images are pooled to at most this size per channel for the sketch (channels stay exact in mean).
-_SKETCH_SIDE = 16
 
 
 @dataclass
@@ -108,6 +116,7 @@ class Tracker:
         self._loaders[split] = tracked
         info = self._manifest["splits"].setdefault(split, {})
         info["dataset_size"] = tracked.dataset_size
+        info["loader"] = sampler_facts(loader)
         info.setdefault("id_source", "index" if tracked.has_index else "explicit")
         return tracked
 
@@ -133,16 +142,22 @@ class Tracker:
         }
 
     def record(self, losses: torch.Tensor, *, logits: torch.Tensor | None = None,
-               targets: torch.Tensor | None = None, inputs: torch.Tensor | None = None,
+               targets: torch.Tensor | None = None, inputs: torch.Tensor | dict | None = None,
                ids: Any = None) -> None:
         """Record the batch the wrapped loader yielded last.
 
         Parameters
         ----------
         losses : Tensor of shape (batch,), one loss per sample (reduction="none").
-        logits : Tensor of shape (batch, classes), optional.
-        targets : Tensor of shape (batch,) of class indices, or (batch, classes) one-hot or soft.
-        inputs : Tensor of shape (batch, ...), the inputs the model saw, for the input sketch.
+        logits : Tensor of shape (batch, classes), or (batch,) / (batch, 1) for a single-logit binary
+            classifier (BCEWithLogitsLoss); None for regression.
+        targets : Tensor of shape (batch,) of class indices, (batch, classes) one-hot or soft (mixup,
+            label smoothing), 0/1 or probabilities (batch,) for one logit, or floats (batch,) / (batch, d)
+            for regression (no logits). The first batch with logits or targets decides the task
+            (`dataaudit.track.task`); a later batch that contradicts it is an error.
+        inputs : the inputs the model saw, for the input sketch: a tensor of shape (batch, ...), or a dict of
+            tensors (HF-style input_ids, attention_mask...; padded per batch is fine). See
+            `dataaudit.track.inputs` for what is kept of each kind.
         ids : sample ids, shape (batch,); needed for an IterableDataset, else the loader's indices.
         """
         self._check_open()
@@ -159,26 +174,16 @@ class Tracker:
         # once (see _flush), which costs a few kernels per chunk instead of per batch.
         # Copies, not views: loaders and CUDA graphs may reuse their buffers.
         row: dict[str, Any] = {"ids": ids, "n": n, "loss": losses.to(torch.float32, copy=True)}
-        num_classes = self._manifest.get("num_classes")
-        if logits is not None:
-            logits = _check_rows("logits", logits, n, ndim=2)
-            if num_classes is not None and logits.shape[1] != num_classes:
-                raise ValueError(f"record() got logits with {logits.shape[1]} classes; "
-                                 f"earlier batches had {num_classes}")
-            num_classes = self._manifest["num_classes"] = int(logits.shape[1])
-            row["logits"] = logits.detach().to(torch.float32, copy=True)
+        logits = None if logits is None else _check_rows("logits", logits, n, ndim=None)
+        targets = None if targets is None else _as_tensor(targets)
         if targets is not None:
-            row["label"] = as_targets(targets, n, num_classes).clone()
+            _check_rows("targets", targets, n, ndim=None)
+        task = self._task(logits, targets)
+        if task is not None:
+            row.update(read_batch(task, logits, targets, n))
         epoch = pending.epoch
         if inputs is not None:
-            inputs = self._check_inputs(epoch, _check_rows("inputs", inputs, n, ndim=None)).detach()
-            flat = inputs.reshape(n, -1)
-            row["fingerprint"] = self._fingerprint(epoch.split, flat.shape[1])(flat.float())
-            if epoch.sketched_batches % self._sketch_every(epoch.split) == 0:
-                x = _sketch_features(inputs).to(torch.float32, copy=True)
-                epoch.inputs.append((ids, x))
-                epoch.input_bytes += x.numel() * 4
-            epoch.sketched_batches += 1
+            self._record_inputs(epoch, row, ids, inputs, n)
         pending.recorded = True
         epoch.recorded += n
         epoch.rows.append(row)
@@ -264,6 +269,23 @@ class Tracker:
                              "pass one loss per sample of the batch (reduction='none')")
         return ids
 
+    def _task(self, logits: torch.Tensor | None, targets: torch.Tensor | None) -> dict | None:
+        """The run's task, decided by the first batch that shows one (see `dataaudit.track.task`)."""
+        task = self._manifest.get("task")
+        if task is None:
+            task = infer_task(logits, targets)
+            if task is None:
+                return None
+            self._manifest["task"] = task
+            self._manifest["num_classes"] = task["num_classes"]
+        elif task["kind"] == "classification" and task["num_classes"] is None and logits is not None:
+            # decided from targets alone; the first logits give the number of classes
+            if logits.ndim != 2 or logits.shape[1] < 2:
+                raise ValueError(f"record() got logits of shape {tuple(logits.shape)}; earlier batches of this run "
+                                 "had integer class targets (classification with several classes)")
+            task["num_classes"] = self._manifest["num_classes"] = int(logits.shape[1])
+        return task
+
     def _note_unrecorded(self) -> None:
         """A batch that was drawn but never recorded still counts as drawn."""
         pending = self._pending
@@ -272,16 +294,53 @@ class Tracker:
             pending.epoch.rows.append({"ids": pending.ids, "n": len(pending.ids)})
         self._pending = None
 
-    def _check_inputs(self, epoch: EpochBuffer, inputs: torch.Tensor) -> torch.Tensor:
-        shape = list(inputs.shape[1:])
+    def _record_inputs(self, epoch: EpochBuffer, row: dict, ids: np.ndarray, inputs: Any, n: int) -> None:
+        """Fingerprint the batch's inputs and, every few batches, sketch them (see `dataaudit.track.inputs`)."""
         info = self._manifest["splits"][epoch.split]
+        kind, key = input_kind(inputs)
+        if "input_kind" not in info:
+            info.update(input_kind=kind, input_key=key,
+                        input_dtype=str(float_tensor(inputs, key).dtype).removeprefix("torch."),
+                        input_sketch="values" if kind == "float" else
+                        "lengths (attention mask, else non-zero ids); fingerprint: a hash of the unpadded tokens")
+        elif (kind, key) != (info["input_kind"], info.get("input_key")):
+            raise ValueError(f"record() got {kind} inputs{f' (key {key!r})' if key else ''}; earlier batches of "
+                             f"split {epoch.split!r} had {info['input_kind']} inputs"
+                             + (f" (key {info['input_key']!r})" if info.get("input_key") else ""))
+        if kind == "tokens":
+            _check_rows("inputs", float_tensor(inputs, key), n, ndim=None)
+            row["fingerprint"], x = token_summary(inputs, key, n)
+            info.setdefault("sketch_shape", [len(TOKEN_FEATURES)])
+            info.setdefault("sketch_features", TOKEN_FEATURES)
+        else:
+            x = _check_rows("inputs", float_tensor(inputs, key), n, ndim=None).detach()
+            if not self._same_shape(epoch, info, list(x.shape[1:])):
+                return
+            flat = x.reshape(n, -1)
+            row["fingerprint"] = self._fingerprint(epoch.split, flat.shape[1])(flat.float())
+            x = sketch_features(x)
+        if epoch.sketched_batches % self._sketch_every(epoch.split) == 0:
+            x = x.to(torch.float32, copy=True)
+            epoch.inputs.append((ids, x))
+            epoch.input_bytes += x.numel() * 4
+        epoch.sketched_batches += 1
+
+    def _same_shape(self, epoch: EpochBuffer, info: dict, shape: list[int]) -> bool:
+        """Whether float inputs keep the split's per-sample shape. When they change (padded per batch) the split
+        is no longer sketched, with a note: never an error in the training loop."""
         if "input_shape" not in info:
             info["input_shape"] = shape
-            info["sketch_shape"] = _sketch_shape(shape)
-        elif info["input_shape"] != shape:
-            raise ValueError(f"record() got inputs of shape {tuple(shape)} per sample; earlier batches of "
-                             f"split {epoch.split!r} had {tuple(info['input_shape'])}")
-        return inputs
+            info["sketch_shape"] = sketch_shape(shape)
+        if info.get("input_sketch") == "stopped":
+            return False
+        if info["input_shape"] != shape:
+            info["input_sketch"] = "stopped"
+            info["input_sketch_note"] = (
+                f"inputs of shape {tuple(shape)} per sample at epoch {epoch.epoch}, after {tuple(info['input_shape'])}"
+                " (padded per batch?): the sketch and fingerprints stop there; pass fixed-size inputs, or a dict "
+                "with an attention_mask, to sketch variable-length inputs")
+            return False
+        return True
 
     def _sketch_every(self, split: str) -> int:
         """Every how many batches feed the input sketch, for about `sketch_rows` samples an epoch."""
@@ -352,6 +411,8 @@ class Tracker:
 
         def add_entry() -> None:  # on the writer thread, once the epoch's files are written
             entry["nonfinite_losses"] = epoch.nonfinite
+            if epoch.soft_targets and self._manifest.get("task"):
+                self._manifest["task"]["soft_targets"] = True
             self._manifest["epochs"].append(entry)
             self._manifest["files"].extend(epoch.files)
 
@@ -425,21 +486,13 @@ class Tracker:
                                "dataaudit.Tracker(run_dir) to resume it")
 
 
-def _sketch_shape(shape: list[int]) -> list[int]:
-    """Per-sample shape the input sketch sees: images (C, H, W) larger than 16 x 16 are
-    average-pooled to at most 16 x 16 (each channel's mean stays exact)."""
-    if len(shape) == 3 and shape[1] * shape[2] > _SKETCH_SIDE**2:
-        return [shape[0], min(shape[1], _SKETCH_SIDE), min(shape[2], _SKETCH_SIDE)]
-    return shape
-
-
-def _sketch_features(inputs: torch.Tensor) -> torch.Tensor:
-    """The batch as the input sketch sees it, flattened to (n, features)."""
-    n = inputs.shape[0]
-    shape = _sketch_shape(list(inputs.shape[1:]))
-    if shape != list(inputs.shape[1:]):
-        return torch.nn.functional.adaptive_avg_pool2d(inputs.float(), shape[1:]).reshape(n, -1)
-    return inputs.reshape(n, -1)
+def _as_tensor(value: Any) -> torch.Tensor:
+    if isinstance(value, torch.Tensor):
+        return value
+    try:
+        return torch.as_tensor(np.asarray(value))
+    except (TypeError, ValueError, RuntimeError):
+        raise TypeError(f"record() needs targets as a tensor or an array; got {type(value).__name__}") from None
 
 
 def _check_rows(name: str, tensor: Any, n: int, *, ndim: int | None) -> torch.Tensor:

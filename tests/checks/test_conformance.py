@@ -10,6 +10,7 @@ import dataaudit
 from dataaudit.checks import REGISTRY, CheckResult
 from dataaudit.checks.base import SEVERITIES, STATUSES
 from dataaudit.run import Run
+from fixtures.tasks import regression_data, train_regression
 from fixtures.training import blobs, train
 
 N = 240
@@ -20,10 +21,13 @@ def runs(tmp_path_factory) -> dict[str, Run]:
     root = tmp_path_factory.mktemp("conformance")
     X, y = blobs(n=N, d=6, k=3, seed=1)
     train(root / "tracked", X, y, epochs=4, batch_size=32)
+    Xr, yr, _ = regression_data(N, d=6, outliers=0.1, seed=1)
+    train_regression(root / "regression", Xr, yr, epochs=4, batch_size=32)
     dataaudit.Tracker(root / "empty").close()
     rng = np.random.default_rng(0)
     return {
         "tracked": dataaudit.load_run(root / "tracked"),
+        "regression": dataaudit.load_run(root / "regression"),
         "empty": dataaudit.load_run(root / "empty"),
         "one_class": Run.from_arrays(np.zeros(50, int), rng.dirichlet(np.ones(3), 50),
                                      features=rng.normal(size=(50, 4))),
@@ -32,7 +36,7 @@ def runs(tmp_path_factory) -> dict[str, Run]:
 
 
 @pytest.mark.parametrize("name", sorted(REGISTRY))
-@pytest.mark.parametrize("case", ["tracked", "empty", "one_class", "scan"])
+@pytest.mark.parametrize("case", ["tracked", "regression", "empty", "one_class", "scan"])
 def test_check_contract(runs, name, case):
     run = runs[case]
     result = REGISTRY[name](run)
@@ -40,7 +44,7 @@ def test_check_contract(runs, name, case):
     assert result.status in STATUSES and 0.0 <= result.score <= 1.0
     assert all(f.severity in SEVERITIES and f.check == name for f in result.findings)
     json.dumps(result.details)                      # details go into audit.json as they are
-    if result.per_sample is not None and case in ("tracked", "scan"):
+    if result.per_sample is not None and case in ("tracked", "regression", "scan"):
         assert result.per_sample["sample_id"].is_unique
         assert len(result.per_sample) == N          # one row per sample of the dataset
     again = REGISTRY[name](run)                     # deterministic

@@ -1,8 +1,9 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
-from torch.utils.data import DataLoader, RandomSampler, SequentialSampler, SubsetRandomSampler
+from torch.utils.data import DataLoader, RandomSampler, SequentialSampler, SubsetRandomSampler, WeightedRandomSampler
 
 from dataaudit import analyze, load_run
 from dataaudit.checks import coverage
@@ -85,3 +86,82 @@ def test_explicit_ids_use_every_id_seen_as_the_dataset(run_dir):
     cov = analyze(run_dir).checks["coverage"]
     assert cov["dataset_size"] == 25
     assert cov["sometimes_missing"] == 10
+
+
+# ----------------------------------------------------------------- judged against the sampler's contract
+
+def _judged(draws, dataset_size, facts, held_out=None):
+    cov = coverage_table(draws, {e: True for e in draws}, dataset_size)
+    return coverage._compute_coverage(draws, cov, list(draws), dataset_size, facts=facts, held_out=held_out)
+
+
+def _facts(loader):
+    from dataaudit.track.sampler_info import sampler_facts
+    return sampler_facts(loader)
+
+
+DS100 = torch.utils.data.TensorDataset(torch.zeros(100))
+
+
+def test_drop_last_remainder_is_info(rng):
+    facts = _facts(DataLoader(DS100, batch_size=32, shuffle=True, drop_last=True))
+    draws = {e: rng.permutation(100)[:96] for e in range(5)}
+    result = _judged(draws, 100, facts)
+    assert result.status == "info"
+    assert any("drop_last" in f.summary for f in result.findings)
+    assert result.details["sampler"]["drop_last"] and result.details["per_epoch"][0]["missing"] == 4
+
+
+def test_drop_last_with_a_fixed_order_leaves_the_same_samples_out(rng):
+    facts = _facts(DataLoader(DS100, batch_size=32, drop_last=True))
+    result = _judged({e: np.arange(96) for e in range(3)}, 100, facts)
+    assert result.details["missing_ids"] == [96, 97, 98, 99]
+    assert result.status == "warning"
+    assert any("same 4 samples" in f.summary for f in result.findings)
+
+
+@pytest.mark.parametrize("sampler, weighted", [(RandomSampler(range(100), replacement=True), False),
+                                               (WeightedRandomSampler([1.0] * 100, 100), True)])
+def test_sampling_with_replacement_is_info_naming_the_sampler(rng, sampler, weighted):
+    facts = _facts(DataLoader(DS100, batch_size=10, sampler=sampler))
+    result = _judged({e: rng.integers(0, 100, 100) for e in range(3)}, 100, facts)
+    assert result.status == "info" and result.details["duplicate_ids"]
+    names = " ".join(f.summary for f in result.findings)
+    assert type(sampler).__name__ in names and ("rebalancing" in names) == weighted
+
+
+def test_a_sampler_that_draws_each_once_but_repeats_is_a_fault(rng):
+    facts = _facts(DataLoader(DS100, batch_size=10, shuffle=True))
+    result = _judged({e: rng.integers(0, 100, 100) for e in range(3)}, 100, facts)
+    assert result.status == "critical"
+    assert any("although RandomSampler draws without replacement" in f.summary for f in result.findings)
+
+
+def test_a_plain_sampler_that_skips_samples_is_a_fault(rng):
+    facts = _facts(DataLoader(DS100, batch_size=10, shuffle=True))
+    draws = {e: rng.permutation(100)[:80] for e in range(3)}
+    assert _judged(draws, 100, facts).status in ("warning", "critical")
+
+
+def test_a_subset_never_drawn_is_a_fault_unless_another_split_draws_it(rng):
+    facts = _facts(DataLoader(DS100, batch_size=10, sampler=SubsetRandomSampler(range(60))))
+    draws = {e: rng.permutation(60) for e in range(3)}
+    alone = _judged(draws, 100, facts)
+    assert alone.status == "critical" and "SubsetRandomSampler draws 60" in alone.findings[0].summary
+    assert alone.details["missing_ids"] == list(range(60, 100))
+    held = _judged(draws, 100, facts, held_out={"val": np.arange(60, 100)})
+    assert held.status == "info" and "'val'" in held.findings[0].summary
+    assert held.details["missing_ids"] == list(range(60, 100))
+    # a validation set of its own that happens to have as many samples explains nothing
+    other = _judged(draws, 100, facts, held_out={"val": np.arange(100)})
+    assert other.status == "critical"
+
+
+def test_a_weighted_sampler_end_to_end_is_at_most_info(tmp_path):
+    X, y = blobs(n=120, k=3)
+    weights = np.where(y == 0, 3.0, 1.0)
+    sampler = WeightedRandomSampler(weights.tolist(), len(y), replacement=True,
+                                    generator=torch.Generator().manual_seed(0))
+    train(tmp_path / "w", X, y, epochs=3, loader_kwargs={"sampler": sampler, "shuffle": False})
+    result = analyze(tmp_path / "w").results["coverage"]
+    assert result.status == "info" and result.details["sampler"]["weighted"]

@@ -180,3 +180,20 @@ def test_tracked_images_are_pooled_then_judged_per_channel(run_dir, rng):
     assert run.meta["splits"]["train"]["sketch_shape"] == [3, 16, 16]
     result = feature_scale.check(run)
     assert result.details["unit"] == "channel" and result.details["features"] == [2]
+
+
+def test_integer_inputs_are_skipped_with_the_reason(rng):
+    ids = rng.integers(0, 30000, size=(50, 16)).astype(np.float64)  # token ids: huge "values", no scale
+    run = Run.from_arrays(rng.integers(0, 2, 50), rng.dirichlet(np.ones(2), 50), features=ids,
+                          meta={"splits": {"train": {"input_kind": "tokens"}}})
+    result = feature_scale.check(run)
+    assert result.status == "skipped" and "only floating-point inputs" in result.details["skipped"]
+    as_floats = Run.from_arrays(rng.integers(0, 2, 50), rng.dirichlet(np.ones(2), 50), features=ids)
+    assert feature_scale.check(as_floats).status != "skipped"
+
+
+def test_a_stopped_sketch_says_why(rng):
+    run = Run.from_arrays(rng.integers(0, 2, 20), rng.dirichlet(np.ones(2), 20),
+                          meta={"splits": {"train": {"input_kind": "float", "input_sketch_note": "shape changed"}}})
+    result = feature_scale.check(run)
+    assert result.status == "skipped" and "shape changed" in result.details["skipped"]

@@ -53,12 +53,15 @@ def open_batch(run_dir):
     (lambda t, x, y: t.record(torch.zeros(10, 2)), r"one loss per sample.*\(10, 2\)"),
     (lambda t, x, y: t.record(torch.zeros(7)), "got 7 losses but the loader's batch has 10"),
     (lambda t, x, y: t.record(torch.zeros(10), logits=torch.zeros(9, 4)), "logits has shape"),
-    (lambda t, x, y: t.record(torch.zeros(10), logits=torch.zeros(10)), r"logits of shape \(batch, classes\)"),
-    (lambda t, x, y: t.record(torch.zeros(10), targets=torch.zeros(8)), "targets of shape"),
+    (lambda t, x, y: t.record(torch.zeros(10), logits=torch.zeros(10, 2, 2)), r"logits of shape \(batch, classes\)"),
+    (lambda t, x, y: t.record(torch.zeros(10), targets=torch.zeros(8)), "targets has shape"),
+    (lambda t, x, y: t.record(torch.zeros(10), logits=torch.zeros(10), targets=torch.full((10,), 3.0)),
+     r"one logit per sample.*targets in \[3, 3\].*logits=None"),
     (lambda t, x, y: t.record(torch.zeros(10), inputs=torch.zeros(3, 3)), "inputs has shape"),
     (lambda t, x, y: t.record([0.0] * 10), "as a tensor; got list"),
     (lambda t, x, y: t.record(torch.zeros(10), ids=[0.5] * 10), "integer sample ids"),
-], ids=["scalar", "2d", "short", "logits-rows", "logits-1d", "targets", "inputs", "list", "float-ids"])
+], ids=["scalar", "2d", "short", "logits-rows", "logits-3d", "targets", "binary-targets", "inputs", "list",
+        "float-ids"])
 def test_bad_record_calls_say_what_was_expected(open_batch, call, message):
     tracker, x, y = open_batch
     with pytest.raises((ValueError, TypeError), match=message):
