@@ -33,6 +33,7 @@ from dataaudit.track.batch import as_targets, per_sample_losses
 from dataaudit.track.epoch import EpochBuffer
 from dataaudit.track.loader import TrackedLoader
 from dataaudit.track.optim import OptimizerWatch, write_steps
+from dataaudit.track.probes import Probes, param_info
 from dataaudit.track.sketch import Projection
 
 # Sketched inputs waiting on the device for the writer are kept under this many bytes.
@@ -88,6 +89,7 @@ class Tracker:
         self._projection: dict[str, Projection] = {}
         self._fingerprints: dict[str, Projection] = {}
         self._watch: OptimizerWatch | None = None
+        self._probes: Probes | None = None
         self._closed = False
         self._manifest = self._open_manifest(seed=seed, sketch_dim=sketch_dim, reservoir=reservoir,
                                              sketch_rows=sketch_rows)
@@ -112,10 +114,12 @@ class Tracker:
         return tracked
 
     def watch(self, optimizer: torch.optim.Optimizer, *, model: torch.nn.Module | None = None,
-              scaler: Any = None, every: int = 10) -> None:
+              scaler: Any = None, every: int = 10, scheduler: Any = None, activations: bool | int = False) -> None:
         """Record optimizer telemetry at every step; update norms every `every` steps (0: never).
 
-        Pass the AMP `scaler` (a GradScaler) to count skipped steps and unscale raw gradient norms.
+        Pass the AMP `scaler` (a GradScaler) to count skipped steps and unscale raw gradient norms, the
+        lr `scheduler` to fingerprint its position with the optimizer's state at each epoch end, and
+        `activations=True` (or every k steps) to probe dead and saturated units (see `dataaudit.track.probes`).
         """
         self._check_open()
         if self._watch is not None:
@@ -130,7 +134,10 @@ class Tracker:
             "defaults": {k: v for k, v in optimizer.defaults.items() if isinstance(v, (int, float, bool, str))},
             "scaler": scaler is not None,
             "update_every": every,
+            "params": param_info(optimizer, model),
         }
+        self._probes = Probes(optimizer, model=model, scheduler=scheduler, scaler=scaler, activations=activations,
+                              step_fn=lambda: self._watch.step)
 
     def record(self, losses: torch.Tensor, *, logits: torch.Tensor | None = None,
                targets: torch.Tensor | None = None, inputs: torch.Tensor | None = None,
@@ -152,6 +159,8 @@ class Tracker:
                                "iterate tracker.wrap(loader) and call record() once per batch")
         if pending.recorded:
             raise RuntimeError("record() was already called for this batch; call it once per batch the loader yields")
+        if self._probes is not None and isinstance(losses, torch.Tensor):
+            self._probes.note_losses(losses)  # the tensor in the graph, not the detached copy: see track/backward.py
         losses = per_sample_losses(losses)
         n = losses.shape[0]
         ids = self._batch_ids(pending, ids, n)
@@ -203,6 +212,7 @@ class Tracker:
             self._closed = True
             if self._watch is not None:
                 self._watch.remove()
+                self._probes.remove()
 
     def __enter__(self) -> Tracker:
         return self
@@ -344,6 +354,8 @@ class Tracker:
         self._writer.submit(lambda: epoch.finish(self.path))
         if epoch.split == "train":
             self._write_steps()
+            if self._probes is not None:
+                self._probes.epoch_end(self._manifest, epoch=epoch.epoch, session=self._session, step=self._watch.step)
         entry = {
             "split": epoch.split, "epoch": epoch.epoch, "rank": self.rank, "complete": exhausted,
             "batches": epoch.batches, "samples": epoch.yielded, "recorded": epoch.recorded,

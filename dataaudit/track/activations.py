@@ -1,0 +1,95 @@
+"""An optional, sampled probe of activation modules: dead ReLUs, saturated sigmoid and tanh units.
+
+Forward hooks on the model's activation modules (nn.ReLU, ReLU6, GELU, SiLU:
+"rectifier"; nn.Sigmoid, nn.Tanh: "saturating") look at the first training
+forward pass of every `every`-th optimizer step. Per unit (the feature of a
+(batch, features) or (batch, tokens, features) output, the channel of a
+(batch, channels, ...) image output) they count on the device the outputs
+that are active (> 0) or pinned within 1% of a limit (sigmoid < 0.01 or > 0.99,
+|tanh| > 0.99). `take` copies the counts once per epoch: a unit is dead when
+none of its probed outputs was active, saturated when 95% of them were pinned.
+Functional activations (F.relu in forward) have no module and are not seen.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+RECTIFIERS = (nn.ReLU, nn.ReLU6, nn.GELU, nn.SiLU)
+SATURATING = (nn.Sigmoid, nn.Tanh)
+# A saturated output is within this of a limit; a saturated unit has this share of its outputs there.
+PINNED = 0.01
+SATURATED_SHARE = 0.95
+
+
+class ActivationProbe:
+    def __init__(self, model: nn.Module, *, every: int, step_fn: Callable[[], int]):
+        if not isinstance(every, int) or every < 1:
+            raise ValueError(f"watch() needs activations to be True or a positive number of steps; got {every!r}")
+        self.every = every
+        self._step_fn = step_fn
+        self._counts: dict[str, torch.Tensor] = {}     # per unit: active (rectifier) or pinned (saturating)
+        self._outputs: dict[str, int] = {}             # probed outputs per unit
+        self._probed: dict[str, int] = {}              # the step each module last probed
+        self.kinds: dict[str, str] = {}
+        self._handles = []
+        for name, module in model.named_modules():
+            if isinstance(module, RECTIFIERS + SATURATING):
+                kind = "rectifier" if isinstance(module, RECTIFIERS) else type(module).__name__.lower()
+                self.kinds[name] = kind
+                self._handles.append(module.register_forward_hook(self._hook(name, kind)))
+
+    def _hook(self, name: str, kind: str):
+        def hook(module: nn.Module, args: Any, out: Any) -> None:
+            if not module.training or not isinstance(out, torch.Tensor) or out.ndim < 2:
+                return
+            step = self._step_fn()
+            if step % self.every or self._probed.get(name) == step:
+                return
+            self._probed[name] = step
+            with torch.no_grad():
+                # units on the last axis for (batch, features) and (batch, tokens, features); channels for images
+                y = out.detach().movedim(1, -1) if out.ndim >= 4 else out.detach()
+                y = y.reshape(-1, y.shape[-1])
+                if kind == "rectifier":
+                    hit = y > 0
+                elif kind == "sigmoid":
+                    hit = (y < PINNED) | (y > 1 - PINNED)
+                else:
+                    hit = y.abs() > 1 - PINNED
+                counts = hit.sum(0)
+            held = self._counts.get(name)
+            if held is not None and held.shape != counts.shape:
+                return   # a module applied to outputs of several widths: keep the first
+            self._counts[name] = counts if held is None else held + counts
+            self._outputs[name] = self._outputs.get(name, 0) + y.shape[0]
+        return hook
+
+    def take(self) -> list[dict[str, Any]]:
+        """Per probed module this epoch: layer, kind, units, outputs (probed per unit), and the share of units
+        dead (rectifier) or saturated (sigmoid, tanh). One copy of all the counts."""
+        names = [n for n in self.kinds if n in self._counts]
+        if not names:
+            return []
+        counts = torch.cat([self._counts[n].reshape(-1).long() for n in names]).cpu()
+        out, start = [], 0
+        for name in names:
+            units = self._counts[name].numel()
+            c = counts[start:start + units].double()
+            start += units
+            total = self._outputs[name]
+            entry = {"layer": name, "kind": self.kinds[name], "units": units, "outputs": total}
+            if self.kinds[name] == "rectifier":
+                entry["dead"] = round(float((c == 0).double().mean()), 4)
+            else:
+                entry["saturated"] = round(float((c >= SATURATED_SHARE * total).double().mean()), 4)
+            out.append(entry)
+        self._counts, self._outputs = {}, {}
+        return out
+
+    def remove(self) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles = []
