@@ -3,7 +3,21 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from dataaudit.checks import class_imbalance, coverage, drift, feature_scale, labels, optimizer, plateau
+from dataaudit.checks import (
+    accumulation,
+    class_imbalance,
+    coverage,
+    drift,
+    feature_scale,
+    labels,
+    layer_gradients,
+    optimizer,
+    plateau,
+    resume,
+    subsets,
+    units,
+    val_noise,
+)
 from dataaudit.checks.base import CheckResult, Finding
 from dataaudit.run import Run
 
@@ -17,6 +31,12 @@ REGISTRY: dict[str, Check] = {
     feature_scale.NAME: feature_scale.check,
     plateau.NAME: plateau.check,
     optimizer.NAME: optimizer.check,
+    subsets.NAME: subsets.check,
+    layer_gradients.NAME: layer_gradients.check,
+    val_noise.NAME: val_noise.check,
+    resume.NAME: resume.check,
+    accumulation.NAME: accumulation.check,
+    units.NAME: units.check,
 }
 
 
