@@ -23,17 +23,28 @@ from dataaudit.track.state import StateProbe
 ACTIVATION_EVERY = 50
 
 
+def check_options(*, model: torch.nn.Module | None, scheduler: Any, activations: bool | int) -> int:
+    """Validate the probes' options of `watch()`; returns the activation probe's period (0: off)."""
+    if isinstance(activations, bool):
+        every = ACTIVATION_EVERY if activations else 0
+    elif isinstance(activations, int):
+        every = activations
+    else:
+        raise TypeError(f"watch() needs activations to be a bool or a number of steps; got {activations!r}")
+    if every < 0:
+        raise ValueError(f"watch() needs activations to be True or a positive number of steps; got {activations!r}")
+    if every and model is None:
+        raise ValueError("watch(activations=...) needs model= (the probe hooks the model's activation modules)")
+    if scheduler is not None and not hasattr(scheduler, "last_epoch"):
+        raise TypeError(f"watch() needs scheduler to be a torch.optim.lr_scheduler scheduler (with last_epoch); "
+                        f"got {type(scheduler).__name__}")
+    return every
+
+
 class Probes:
     def __init__(self, optimizer: torch.optim.Optimizer, *, model: torch.nn.Module | None, scheduler: Any,
                  scaler: Any, activations: bool | int, step_fn: Callable[[], int]):
-        if isinstance(activations, bool):
-            every = ACTIVATION_EVERY if activations else 0
-        elif isinstance(activations, int):
-            every = activations
-        else:
-            raise TypeError(f"watch() needs activations to be a bool or a number of steps; got {activations!r}")
-        if every and model is None:
-            raise ValueError("watch(activations=...) needs model= (the probe hooks the model's activation modules)")
+        every = check_options(model=model, scheduler=scheduler, activations=activations)
         self.state = StateProbe(optimizer, scheduler)
         self.backward = BackwardCounter(optimizer, scaler=scaler)
         self.activations = ActivationProbe(model, every=every, step_fn=step_fn) if every else None

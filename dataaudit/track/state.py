@@ -34,12 +34,15 @@ class StateProbe:
         self.optimizer = optimizer
         self.scheduler = scheduler
         self.start: dict | None = None
+        self._started = False
         self._handle = optimizer.register_step_pre_hook(self._first_step)
 
     def _first_step(self, optimizer, args, kwargs) -> None:
-        # what this session starts from: a resumed run that lost its state has none here
-        self.start = self.fingerprint()
-        self.remove()
+        # what this session starts from: a resumed run that lost its state has none here. The hook stays
+        # (removing it while torch iterates the hooks is an error) but does nothing after the first step.
+        if not self._started:
+            self._started = True
+            self.start = self.fingerprint()
 
     def fingerprint(self) -> dict[str, Any]:
         """{"groups": [{"lr", "step", "<buffer>": norm...} per param group], "scheduler": {...} or None}.

@@ -33,7 +33,7 @@ from dataaudit.track.batch import as_targets, per_sample_losses
 from dataaudit.track.epoch import EpochBuffer
 from dataaudit.track.loader import TrackedLoader
 from dataaudit.track.optim import OptimizerWatch, write_steps
-from dataaudit.track.probes import Probes, param_info
+from dataaudit.track.probes import Probes, check_options, param_info
 from dataaudit.track.sketch import Projection
 
 # Sketched inputs waiting on the device for the writer are kept under this many bytes.
@@ -124,6 +124,7 @@ class Tracker:
         self._check_open()
         if self._watch is not None:
             raise ValueError("watch() was already called; dataaudit watches one optimizer per run")
+        check_options(model=model, scheduler=scheduler, activations=activations)
         counters = self._manifest.setdefault("step_counters", {"step": 0, "attempt": 0})
         self._watch = OptimizerWatch(optimizer, model=model, scaler=scaler, every=every,
                                      epoch_fn=self._train_epoch, start_step=counters["step"],
@@ -212,6 +213,7 @@ class Tracker:
             self._closed = True
             if self._watch is not None:
                 self._watch.remove()
+            if self._probes is not None:
                 self._probes.remove()
 
     def __enter__(self) -> Tracker:
