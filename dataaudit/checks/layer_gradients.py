@@ -88,7 +88,7 @@ def _compute_layer_gradients(layers: pd.DataFrame, *, params: list[dict[str, Any
     updates = medians.loc[names, "u"].to_numpy() if names else np.empty(0)
     details: dict[str, Any] = {
         "layers": [{"param": n, "grad_to_weight": json_number(g), "update_to_weight": json_number(u)}
-                   for n, g, u in zip(names, ratios, updates)],
+                   for n, g, u in zip(names, ratios, updates, strict=True)],
         "vanishing": False, "exploding": False, "spread": None,
     }
     if len(names) < MIN_LAYERS:
@@ -106,7 +106,8 @@ def _compute_layer_gradients(layers: pd.DataFrame, *, params: list[dict[str, Any
                    depth_correlation=json_number(corr))
     findings = []
     if vanishing or exploding:
-        off = [n for n, r in zip(names, ratios) if (r <= last / FACTOR if vanishing else r >= last * FACTOR)]
+        off_by = ratios <= last / FACTOR if vanishing else ratios >= last * FACTOR
+        off = [n for n, is_off in zip(names, off_by, strict=True) if is_off]
         u = updates[np.isfinite(updates) & (updates > 0)]
         compensated = adaptive and len(u) == len(updates) and u.max() / u.min() < BALANCED_UPDATES
         factor = 1 / spread if vanishing else spread

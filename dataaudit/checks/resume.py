@@ -45,7 +45,7 @@ def check(run: Run) -> CheckResult:
     if not states:
         return CheckResult.skipped(NAME, "no optimizer state fingerprints (call tracker.watch(optimizer))")
     table = epoch_losses(run.train)
-    losses = dict(zip(table["epoch"].tolist(), table["loss"].tolist()))
+    losses = dict(zip(table["epoch"].tolist(), table["loss"].tolist(), strict=True))
     return _compute_resume(states, losses)
 
 
@@ -57,7 +57,7 @@ def _compare(before: dict[str, Any], start: dict[str, Any], first: dict[str, Any
     """What changed between the last end fingerprint before a resume and the resumed session's start."""
     out: dict[str, Any] = {"lost_groups": [], "lost_buffers": [], "step_before": None, "step_after": None,
                            "restarted": False, "how": None, "lr_before": None, "lr_after": None}
-    for i, (b, s) in enumerate(zip(before["groups"], start["groups"])):
+    for i, (b, s) in enumerate(zip(before["groups"], start["groups"], strict=False)):
         step_b, step_s = b.get("step"), s.get("step")
         lost = [k for k in BUFFERS if (b.get(k) or 0) > 0 and not (s.get(k) or 0) > 0]
         step_reset = step_b is not None and step_b > 0 and (step_s is None or step_s < STEP_KEPT * step_b)

@@ -12,7 +12,8 @@ Functional activations (F.relu in forward) have no module and are not seen.
 """
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import nn

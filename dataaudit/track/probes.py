@@ -11,7 +11,8 @@ manifest["optimizer"]["params"]: per parameter of the optimizer, its name, shape
 """
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 

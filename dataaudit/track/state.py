@@ -93,6 +93,6 @@ def _host(values: list[Any]) -> list[float | None]:
             by_device.setdefault(v.device, []).append(i)
     for index in by_device.values():
         copied = torch.stack([values[i].float().reshape(()) for i in index]).cpu().tolist()
-        for i, v in zip(index, copied):
+        for i, v in zip(index, copied, strict=True):
             out[i] = v
     return [None if v is None or v != v else float(v) for v in out]   # NaN (v != v) as None, for JSON
