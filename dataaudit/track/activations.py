@@ -6,8 +6,9 @@ forward pass of every `every`-th optimizer step. Per unit (the feature of a
 (batch, features) or (batch, tokens, features) output, the channel of a
 (batch, channels, ...) image output) they count on the device the outputs
 that are active (> 0) or pinned within 1% of a limit (sigmoid < 0.01 or > 0.99,
-|tanh| > 0.99). `take` copies the counts once per epoch: a unit is dead when
-none of its probed outputs was active, saturated when 95% of them were pinned.
+|tanh| > 0.99). The counts are copied once per epoch, on the tracker's writer
+thread (see `take`): a unit is dead when none of its probed outputs was active,
+saturated when 95% of them were pinned.
 Functional activations (F.relu in forward) have no module and are not seen.
 """
 from __future__ import annotations
@@ -68,27 +69,32 @@ class ActivationProbe:
             self._outputs[name] = self._outputs.get(name, 0) + y.shape[0]
         return hook
 
-    def take(self) -> list[dict[str, Any]]:
+    def take(self) -> Callable[[], list[dict[str, Any]]]:
         """Per probed module this epoch: layer, kind, units, outputs (probed per unit), and the share of units
-        dead (rectifier) or saturated (sigmoid, tanh). One copy of all the counts."""
-        names = [n for n in self.kinds if n in self._counts]
-        if not names:
-            return []
-        counts = torch.cat([self._counts[n].reshape(-1).long() for n in names]).cpu()
-        out, start = [], 0
-        for name in names:
-            units = self._counts[name].numel()
-            c = counts[start:start + units].double()
-            start += units
-            total = self._outputs[name]
-            entry = {"layer": name, "kind": self.kinds[name], "units": units, "outputs": total}
-            if self.kinds[name] == "rectifier":
-                entry["dead"] = round(float((c == 0).double().mean()), 4)
-            else:
-                entry["saturated"] = round(float((c >= SATURATED_SHARE * total).double().mean()), 4)
-            out.append(entry)
+        dead (rectifier) or saturated (sigmoid, tanh), as a function that copies the counts (called on the writer
+        thread). The counts start again."""
+        counts, outputs = self._counts, self._outputs
         self._counts, self._outputs = {}, {}
-        return out
+        names = [n for n in self.kinds if n in counts]
+        kinds = dict(self.kinds)
+
+        def resolve() -> list[dict[str, Any]]:
+            if not names:
+                return []
+            flat = torch.cat([counts[n].reshape(-1).long().to(counts[names[0]].device) for n in names]).cpu()
+            out, start = [], 0
+            for name in names:
+                units = counts[name].numel()
+                c = flat[start:start + units].double()
+                start += units
+                entry = {"layer": name, "kind": kinds[name], "units": units, "outputs": outputs[name]}
+                if kinds[name] == "rectifier":
+                    entry["dead"] = round(float((c == 0).double().mean()), 4)
+                else:
+                    entry["saturated"] = round(float((c >= SATURATED_SHARE * outputs[name]).double().mean()), 4)
+                out.append(entry)
+            return out
+        return resolve
 
     def remove(self) -> None:
         for h in self._handles:

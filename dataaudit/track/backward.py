@@ -11,11 +11,12 @@ With `note_losses`, a hook on the recorded per-sample losses sums the weight
 backward gave them (1 for `losses.mean()`, 1/n for `losses.mean() / n`,
 the batch size for `losses.sum()`): summed over a step's passes it tells
 whether accumulated micro-batches were averaged or added up.
-Device values are copied once per epoch, in `take`.
+Device values are copied once per epoch, by the function `take` returns (on the tracker's writer thread).
 """
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -67,25 +68,29 @@ class BackwardCounter:
             self._weights.append(self._weight)
         self._passes, self._after_step, self._weight = 0, True, None
 
-    def take(self) -> dict[str, Any] | None:
-        """The epoch's summary (one copy of the device values); None when no step was taken."""
-        steps = sum(self._per_step.values())
-        if not steps:
-            return None
-        leftover = torch.stack(self._leftover).cpu() if self._leftover else torch.empty(0)
-        weights = torch.stack(self._weights).cpu() if self._weights else torch.empty(0)
-        out = {
-            "steps": steps,
-            "passes_per_step": {str(k): v for k, v in sorted(self._per_step.items())},
-            "grad_checked": self._cleared + len(leftover),
-            "grad_none": self._cleared,
-            "grad_zero": int((leftover == 0).sum()),
-            "grad_left": int((leftover > 0).sum()),
-            "loss_weight": float(weights.median()) if len(weights) else None,
-        }
-        self._per_step.clear()
+    def take(self) -> Callable[[], dict[str, Any] | None]:
+        """The epoch's summary, as a function that copies its device values (called on the writer thread);
+        it returns None when no step was taken. The counts start again."""
+        per_step, cleared, leftover, weights = dict(self._per_step), self._cleared, self._leftover, self._weights
+        self._per_step = Counter()
         self._cleared, self._leftover, self._weights = 0, [], []
-        return out
+
+        def resolve() -> dict[str, Any] | None:
+            steps = sum(per_step.values())
+            if not steps:
+                return None
+            left = torch.stack(leftover).cpu() if leftover else torch.empty(0)
+            w = torch.stack([x.to(weights[0].device) for x in weights]).cpu() if weights else torch.empty(0)
+            return {
+                "steps": steps,
+                "passes_per_step": {str(k): v for k, v in sorted(per_step.items())},
+                "grad_checked": cleared + len(left),
+                "grad_none": cleared,
+                "grad_zero": int((left == 0).sum()),
+                "grad_left": int((left > 0).sum()),
+                "loss_weight": float(w.median()) if len(w) else None,
+            }
+        return resolve
 
     def remove(self) -> None:
         for h in self._handles:

@@ -53,23 +53,29 @@ class Probes:
     def note_losses(self, losses: torch.Tensor) -> None:
         self.backward.note_losses(losses)
 
-    def epoch_end(self, manifest: dict, *, epoch: int, session: str, step: int) -> None:
-        """Add the epoch's fingerprints and summaries to `manifest` (copies a few device values)."""
-        probes = manifest.setdefault("probes", {})
-        states = probes.setdefault("optimizer_state", [])
-        if self.state.start is not None:
-            states.append({"at": "start", "epoch": epoch, "session": session, **self.state.start})
-            self.state.start = None
-        states.append({"at": "end", "epoch": epoch, "session": session, "tracked_step": step,
-                       **self.state.fingerprint()})
-        summary = self.backward.take()
-        if summary is not None:
-            probes.setdefault("backward", []).append({"epoch": epoch, **summary})
-        if self.activations is not None:
-            layers = self.activations.take()
+    def epoch_end(self, manifest: dict, *, epoch: int, session: str, step: int,
+                  submit: Callable[[Callable[[], None]], Any]) -> None:
+        """Gather the epoch's fingerprints and summaries (device values, no synchronisation) and `submit` a task
+        that copies them to the host and adds them to `manifest` (the tracker's writer thread runs it)."""
+        start, self.state.start = self.state.start, None
+        end = self.state.fingerprint()
+        backward = self.backward.take()
+        activations = self.activations.take() if self.activations is not None else None
+        every = self.activations.every if self.activations is not None else None
+
+        def add() -> None:
+            probes = manifest.setdefault("probes", {})
+            states = probes.setdefault("optimizer_state", [])
+            if start is not None:
+                states.append({"at": "start", "epoch": epoch, "session": session, **start()})
+            states.append({"at": "end", "epoch": epoch, "session": session, "tracked_step": step, **end()})
+            summary = backward()
+            if summary is not None:
+                probes.setdefault("backward", []).append({"epoch": epoch, **summary})
+            layers = activations() if activations is not None else None
             if layers:
-                probes.setdefault("activations", []).append({"epoch": epoch, "every": self.activations.every,
-                                                             "layers": layers})
+                probes.setdefault("activations", []).append({"epoch": epoch, "every": every, "layers": layers})
+        submit(add)
 
     def remove(self) -> None:
         self.state.remove()

@@ -7,10 +7,12 @@ group the learning rate, the largest step count, and the global L2 norm of each
 moment buffer (exp_avg, exp_avg_sq, momentum_buffer...), plus the scheduler's
 position. One is taken before the first optimizer step of each session (what
 the session started from) and one at the end of each training epoch. The norms
-are computed on the device and copied to the host in one transfer per fingerprint.
+are computed on the device and copied to the host in one transfer per fingerprint, on the
+tracker's writer thread.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -21,7 +23,8 @@ BUFFERS = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq", "momentum_buffer", "square
 
 
 def _value(x: Any) -> Any:
-    return x.detach().float().reshape(()) if isinstance(x, torch.Tensor) else (None if x is None else float(x))
+    # a copy: Adam increments its step tensor in place, and the value is read later, on the writer thread
+    return x.detach().float().reshape(()).clone() if isinstance(x, torch.Tensor) else (None if x is None else float(x))
 
 
 class StateProbe:
@@ -44,10 +47,12 @@ class StateProbe:
             self._started = True
             self.start = self.fingerprint()
 
-    def fingerprint(self) -> dict[str, Any]:
-        """{"groups": [{"lr", "step", "<buffer>": norm...} per param group], "scheduler": {...} or None}.
-        step is None when no parameter has a step count (SGD), a buffer absent when no parameter has it."""
-        values: list[Any] = []    # device scalars and floats, resolved in one copy below
+    def fingerprint(self) -> Callable[[], dict[str, Any]]:
+        """The state now, as a function that returns it on the host: {"groups": [{"lr", "step", "<buffer>": norm...}
+        per param group], "scheduler": {"last_epoch", "step_count"} or None}. step is absent when no parameter has
+        a step count (SGD), a buffer when no parameter has it. The norms are computed now, on the device; calling
+        the function copies them (the tracker calls it on its writer thread, so training never waits)."""
+        values: list[Any] = []    # device scalars and floats
         groups = []
         for group in self.optimizer.param_groups:
             states = [s for p in group["params"] if (s := self.optimizer.state.get(p))]
@@ -56,9 +61,9 @@ class StateProbe:
             steps = [_value(s["step"]) for s in states if "step" in s]
             if steps:
                 entry["step"] = len(values)
-                values.append(max(steps) if not any(isinstance(v, torch.Tensor) for v in steps)
-                              else torch.stack([torch.as_tensor(v, dtype=torch.float32).to(_device(steps))
-                                                for v in steps]).max())
+                tensors = [v for v in steps if isinstance(v, torch.Tensor)]
+                values.append(max(steps) if not tensors else torch.stack(
+                    [torch.as_tensor(v, dtype=torch.float32).to(tensors[0].device) for v in steps]).max())
             for key in BUFFERS:
                 buffers = [s[key] for s in states if isinstance(s.get(key), torch.Tensor)]
                 if buffers:
@@ -67,12 +72,15 @@ class StateProbe:
                         values.append(torch.linalg.vector_norm(torch.stack(
                             [n.float() for n in torch._foreach_norm([b.detach() for b in buffers])])))
             groups.append(entry)
-        host = _host(values)
-        out: dict[str, Any] = {"groups": [{k: host[i] for k, i in g.items()} for g in groups], "scheduler": None}
+        scheduler = None
         if self.scheduler is not None:
-            out["scheduler"] = {"last_epoch": int(self.scheduler.last_epoch),
-                                "step_count": int(getattr(self.scheduler, "_step_count", -1))}
-        return out
+            scheduler = {"last_epoch": int(self.scheduler.last_epoch),
+                         "step_count": int(getattr(self.scheduler, "_step_count", -1))}
+
+        def resolve() -> dict[str, Any]:
+            host = _host(values)
+            return {"groups": [{k: host[i] for k, i in g.items()} for g in groups], "scheduler": scheduler}
+        return resolve
 
     def remove(self) -> None:
         if self._handle is not None:

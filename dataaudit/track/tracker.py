@@ -357,7 +357,8 @@ class Tracker:
         if epoch.split == "train":
             self._write_steps()
             if self._probes is not None:
-                self._probes.epoch_end(self._manifest, epoch=epoch.epoch, session=self._session, step=self._watch.step)
+                self._probes.epoch_end(self._manifest, epoch=epoch.epoch, session=self._session,
+                                       step=self._watch.step, submit=self._writer.submit)
         entry = {
             "split": epoch.split, "epoch": epoch.epoch, "rank": self.rank, "complete": exhausted,
             "batches": epoch.batches, "samples": epoch.yielded, "recorded": epoch.recorded,

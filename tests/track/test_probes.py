@@ -44,7 +44,7 @@ def test_activation_probe_counts_units_on_the_last_axis_and_channels_for_images(
     with torch.no_grad():
         model[0].bias.fill_(-100.0)                 # every channel dead
         model(torch.rand(4, 1, 2, 2))
-    layers = {row["layer"]: row for row in probe.take()}
+    layers = {row["layer"]: row for row in probe.take()()}
     assert layers["1"]["units"] == 3 and layers["1"]["dead"] == 1.0 and layers["1"]["outputs"] == 16
     assert layers["4"]["units"] == 5 and "saturated" in layers["4"]
     probe.remove()
@@ -61,7 +61,7 @@ def test_the_probe_looks_once_per_sampled_step_and_not_in_eval():
     model.eval()
     step["n"] = 4
     model(torch.randn(8, 2))
-    assert probe.take()[0]["outputs"] == 8
+    assert probe.take()()[0]["outputs"] == 8
 
 
 @pytest.mark.parametrize("kwargs, message", [
