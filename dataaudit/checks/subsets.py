@@ -12,8 +12,9 @@ check splits the per-(epoch, sample) losses two ways:
 Over the last third of the complete epochs (at least 3), the mean loss must
 have fallen by at least a tenth (MEANINGFUL) for the check to judge; a subset
 is flagged when, over the same epochs, its own loss fell by less than a twentieth
-and by less than a quarter of the mean's relative fall, while it sits at twice
-the mean's level or more (a converged easy subset is flat too, but near zero).
+and by less than a quarter of the mean's relative fall, while it ends at twice
+the level of the other samples or more (a converged easy subset is flat too, but
+near zero; a large hard subset pulls the mean up to itself, the rest stays apart).
 The curves (smoothed with a running median of 3) go in `details`, compact.
 """
 from __future__ import annotations
@@ -90,16 +91,17 @@ def _difficulty_bins(epoch_pos: np.ndarray, ids: np.ndarray, loss: np.ndarray, n
     return per_sample[inverse], edges
 
 
-def _judge(curve: np.ndarray, mean: np.ndarray, begin: int) -> dict[str, Any]:
-    """Whether one subset's smoothed curve (e,) is flat and hard over [begin, e) against the mean's (e,)."""
-    ok = np.isfinite(curve)
-    if ok.sum() < len(curve) or curve[begin] <= 0:
+def _judge(curve: np.ndarray, rest: np.ndarray, mean: np.ndarray, begin: int) -> dict[str, Any]:
+    """Whether one subset's smoothed curve (e,) is flat over [begin, e) while the mean's (e,) fell, and hard:
+    at HARD_RATIO times the rest of the samples' curve (e,) or more at the end."""
+    if not np.isfinite(curve).all() or curve[begin] <= 0:
         return {"flat": False}
     fall = float((curve[begin] - curve[-1]) / curve[begin])
     mean_fall = float((mean[begin] - mean[-1]) / mean[begin])
-    ratio = float(curve[-1] / mean[-1]) if mean[-1] > 0 else math.inf
-    flat = fall < FLAT_FALL and fall < FLAT_VS_MEAN * mean_fall and ratio >= HARD_RATIO
-    return {"flat": bool(flat), "fall": fall, "level": float(curve[-1]), "vs_mean": ratio}
+    vs_rest = float(curve[-1] / rest[-1]) if rest[-1] > 0 else math.inf
+    flat = fall < FLAT_FALL and fall < FLAT_VS_MEAN * mean_fall and vs_rest >= HARD_RATIO
+    return {"flat": bool(flat), "fall": fall, "level": float(curve[-1]), "vs_rest": vs_rest,
+            "vs_mean": float(curve[-1] / mean[-1]) if mean[-1] > 0 else math.inf}
 
 
 def _compute_subsets(epochs: np.ndarray, ids: np.ndarray, loss: np.ndarray, labels: np.ndarray) -> CheckResult:
@@ -115,9 +117,10 @@ def _compute_subsets(epochs: np.ndarray, ids: np.ndarray, loss: np.ndarray, labe
     n = len(numbers)
     loss = loss.astype(np.float64)
     finite = np.isfinite(loss)
+    total_loss = np.bincount(epoch_pos[finite], weights=loss[finite], minlength=n)
+    total_count = np.bincount(epoch_pos[finite], minlength=n)
     with np.errstate(invalid="ignore", divide="ignore"):
-        mean_raw = (np.bincount(epoch_pos[finite], weights=loss[finite], minlength=n)
-                    / np.bincount(epoch_pos[finite], minlength=n))
+        mean_raw = total_loss / total_count
     if not np.isfinite(mean_raw).all() or n < 2 * MIN_TAIL:
         return CheckResult.skipped(NAME, "an epoch has no finite training loss, or too few epochs")
     tail = max(MIN_TAIL, math.ceil(TAIL_SHARE * n))
@@ -132,9 +135,13 @@ def _compute_subsets(epochs: np.ndarray, ids: np.ndarray, loss: np.ndarray, labe
         curves, counts = _group_curves(epoch_pos, group, loss, n, n_groups)
         sizes = counts.max(axis=0)
         smooth = np.stack([median3(curves[:, g]) for g in range(n_groups)], axis=1)
+        # the rest of the samples, per group: (all the epoch's losses - the group's) / (the other samples)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            rest = ((total_loss[:, None] - np.nan_to_num(curves) * counts) / (total_count[:, None] - counts))
         verdicts = []
         for g in range(n_groups):
-            v = _judge(smooth[:, g], mean, begin) if judged and sizes[g] >= MIN_SIZE else {"flat": False}
+            v = (_judge(smooth[:, g], median3(rest[:, g]), mean, begin) if judged and sizes[g] >= MIN_SIZE
+                 else {"flat": False})
             v.update(kind=kind, group=g, size=int(sizes[g]))
             verdicts.append(v)
             if v["flat"]:
@@ -148,6 +155,7 @@ def _compute_subsets(epochs: np.ndarray, ids: np.ndarray, loss: np.ndarray, labe
                f"the mean training loss fell only {max(mean_fall, 0):.0%} over the last {tail} epochs: "
                f"nothing to mask")
         findings = [Finding(NAME, "info", f"No flat hard subset: {why}.")]
+    # the flagged subset's share of the mean loss at the end: how much of the level it holds up
     score = max((min(1.0, v["size"] / max(len(unique_ids(ids)), 1) * v["vs_mean"]) for v in flagged), default=0.0)
     details = _details(numbers, mean, begin, mean_fall, judged, subsets, flagged)
     return CheckResult.from_findings(NAME, findings, score=score, details=details)
@@ -169,13 +177,13 @@ def _finding(v: dict[str, Any], since: int, tail: int, mean_fall: float, subsets
     return Finding(
         NAME, "warning",
         f"The mean training loss fell {mean_fall:.0%} since epoch {since}, but {name} ({v['size']} samples) "
-        f"stayed flat at {v['level']:.3g} ({v['vs_mean']:.1f}x the mean; {max(v['fall'], 0):.0%} lower over "
+        f"stayed flat at {v['level']:.3g} ({v['vs_rest']:.1f}x the other samples; {max(v['fall'], 0):.0%} lower over "
         f"{tail} epochs): an easy majority masks a subset that stopped learning.",
         remedy="Look at the subset's samples (wrong labels? inputs the model cannot see?); if they are right, "
                "reweight or oversample them, use a focal loss, or give the model more capacity; check the "
                "labels and class_imbalance checks for the same subset.",
         evidence={"kind": v["kind"], "group": v["group"], "size": v["size"], "level": json_number(v["level"]),
-                  "fall": json_number(v["fall"]), "vs_mean": json_number(v["vs_mean"]), "since_epoch": int(since),
+                  "fall": json_number(v["fall"]), "vs_rest": json_number(v["vs_rest"]), "since_epoch": int(since),
                   "mean_fall": json_number(mean_fall)})
 
 

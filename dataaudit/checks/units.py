@@ -5,7 +5,8 @@ Reads what `Tracker.watch(activations=...)` keeps per training epoch
 per activation module, the share of units never active (> 0) on the probed
 batches (rectifiers: ReLU, GELU, SiLU...) or pinned at a limit on 95% of
 them (sigmoid, tanh). Judged on the median share over the last three probed
-epochs, on layers with at least 100 probed outputs per unit in each:
+epochs, on layers with at least 32 probed outputs per unit in each (a unit that never fires on 32
+samples, in a layer where half the units do the same, is no sparse code):
 
 - dead_units: half of a rectifier layer's units or more never fire: they pass
   no gradient and never recover (a learning rate too high, a large negative bias);
@@ -28,7 +29,7 @@ NAME = "units"
 WARN_SHARE = 0.5
 INFO_SHARE = 0.25
 LAST_EPOCHS = 3
-MIN_OUTPUTS = 100
+MIN_OUTPUTS = 32
 
 
 def check(run: Run) -> CheckResult:

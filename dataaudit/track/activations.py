@@ -2,7 +2,8 @@
 
 Forward hooks on the model's activation modules (nn.ReLU, ReLU6, GELU, SiLU:
 "rectifier"; nn.Sigmoid, nn.Tanh: "saturating") look at the first training
-forward pass of every `every`-th optimizer step. Per unit (the feature of a
+forward pass of every `every`-th optimizer step, and at least one forward pass of
+each epoch. Per unit (the feature of a
 (batch, features) or (batch, tokens, features) output, the channel of a
 (batch, channels, ...) image output) they count on the device the outputs
 that are active (> 0) or pinned within 1% of a limit (sigmoid < 0.01 or > 0.99,
@@ -48,7 +49,8 @@ class ActivationProbe:
             if not module.training or not isinstance(out, torch.Tensor) or out.ndim < 2:
                 return
             step = self._step_fn()
-            if step % self.every or self._probed.get(name) == step:
+            # every `every` steps, and at least once an epoch (a short run still gets a look)
+            if self._probed.get(name) == step or (step % self.every and name in self._counts):
                 return
             self._probed[name] = step
             with torch.no_grad():

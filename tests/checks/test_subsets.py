@@ -74,3 +74,14 @@ def test_a_healthy_loop_raises_nothing(tmp_path):
 def test_few_epochs_skip(tmp_path):
     X, y = blank_subset(n=200, blank=False)
     assert subsets.check(causes_loop(tmp_path / "run", X, y, epochs=3)).status == "skipped"
+
+
+def test_a_large_flat_class_that_pulls_the_mean_up_to_itself_is_still_flagged(rng):
+    # 40% of the samples flat at 1.0: the mean ends at 0.54, more than half of it, but the rest ends at 0.23
+    e = np.arange(15)
+    falling = 1.2 * np.exp(-e / 8) + 0.02
+    flat = np.r_[np.linspace(1.4, 1.0, 3), np.full(12, 1.0)]
+    result = _compute_subsets(*_table({0: falling, 1: falling, 2: flat}, {0: 300, 1: 300, 2: 400}, rng))
+    assert [(f["kind"], f["group"]) for f in result.details["flat"]][:1] == [("class", 2)]
+    level = result.details["flat"][0]["level"]
+    assert result.findings[0].evidence["vs_rest"] >= 2 > level / result.details["mean_loss"][-1]

@@ -38,7 +38,7 @@ def test_a_quarter_dead_is_info_and_too_few_outputs_are_not_judged():
                                                     "outputs": outputs, "dead": dead}]}
     assert _compute_units([epoch(0, 0.3), epoch(1, 0.3)]).status == "info"
     assert _compute_units([epoch(0, 0.3), epoch(1, 0.3)]).findings[0].evidence["layers"][0]["share"] == 0.3
-    assert not _compute_units([epoch(0, 0.9, outputs=50)]).details["layers"]
+    assert not _compute_units([epoch(0, 0.9, outputs=16)]).details["layers"]
 
 
 def test_no_probe_skips(tmp_path, data):

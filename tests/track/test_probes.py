@@ -50,18 +50,20 @@ def test_activation_probe_counts_units_on_the_last_axis_and_channels_for_images(
     probe.remove()
 
 
-def test_the_probe_looks_once_per_sampled_step_and_not_in_eval():
+def test_the_probe_looks_once_per_sampled_step_once_an_epoch_and_not_in_eval():
     model = nn.Sequential(nn.Linear(2, 4), nn.ReLU())
     step = {"n": 1}
     probe = ActivationProbe(model, every=2, step_fn=lambda: step["n"])
-    model(torch.randn(8, 2))                        # step 1: not sampled
-    step["n"] = 2
-    model(torch.randn(8, 2))
+    model(torch.randn(8, 2))                        # step 1: not sampled, but the first look of the epoch
     model(torch.randn(8, 2))                        # the same step again
-    model.eval()
+    step["n"] = 3
+    model(torch.randn(8, 2))                        # not sampled
     step["n"] = 4
-    model(torch.randn(8, 2))
-    assert probe.take()()[0]["outputs"] == 8
+    model(torch.randn(8, 2))                        # sampled
+    model.eval()
+    step["n"] = 6
+    model(torch.randn(8, 2))                        # sampled, but not in training
+    assert probe.take()()[0]["outputs"] == 16
 
 
 @pytest.mark.parametrize("kwargs, message", [
