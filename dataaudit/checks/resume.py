@@ -14,8 +14,9 @@ start is compared with the last end before it, per param group:
   while), momentum starts from rest;
 - schedule_restarted: the scheduler's position (`last_epoch`, with
   `watch(scheduler=)`) went back, or without it, the learning rate went back to
-  within 1% of the run's first learning rate after having moved more than 10%
-  away from it: a scheduler that was not restored starts again from its warm-up.
+  the run's first learning rate after having moved away from it (within 1%, and
+  more than 10%, of the largest of the three: a warm-up may start at 0): a
+  scheduler that was not restored starts again from its warm-up.
 
 The score is 1 when state was lost, 0.5 for a restarted schedule alone (how
 strongly the resume is implicated; 0: nothing found).
@@ -75,7 +76,9 @@ def _compare(before: dict[str, Any], start: dict[str, Any], first: dict[str, Any
                    position_after=sched_s["last_epoch"])
     elif first is not None and first["groups"] and None not in (lr_b, lr_s, first["groups"][0].get("lr")):
         lr0 = first["groups"][0]["lr"]
-        if lr0 > 0 and abs(lr_s - lr0) <= LR_SAME * lr0 and abs(lr_b - lr0) > LR_MOVED * lr0:
+        # against the largest of the three: a warm-up from 0 (transformers' schedules) has lr0 = 0
+        scale = max(abs(lr0), abs(lr_b), abs(lr_s))
+        if scale > 0 and abs(lr_s - lr0) <= LR_SAME * scale and abs(lr_b - lr0) > LR_MOVED * scale:
             out.update(restarted=True, how="learning rate", lr_first=lr0)
     return out
 

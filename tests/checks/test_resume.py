@@ -53,6 +53,11 @@ def test_without_a_scheduler_a_learning_rate_back_at_its_start_is_a_restart():
     # a schedule that moved on by one of its own steps is no restart
     states[-1]["groups"][0]["lr"] = 9e-4
     assert not _compute_resume(states, {}).details["schedule_restarted_at"]
+    # a warm-up from 0, per step (transformers' linear schedule), back at 0
+    states = [entry("start", "a", 0.0, None), entry("end", "a", 5e-5, 50.0), entry("start", "b", 0.0, 50.0)]
+    assert _compute_resume(states, {}).details["schedule_restarted_at"] == [0]
+    states[-1]["groups"][0]["lr"] = 5.1e-5
+    assert not _compute_resume(states, {}).details["schedule_restarted_at"]
 
 
 def test_a_run_never_resumed_says_so(tmp_path, data):
