@@ -11,7 +11,8 @@ cancels). A change within 2 standard errors (about 95%) is noise.
 - coarse: the resolution is above a tenth of the loss (MEANINGFUL), the change the
   plateau check calls meaningful: then "validation plateaued" (or "overfitting")
   cannot be told from noise. A warning when the plateau check's rules would call
-  the validation curve flat or overfitting, else info.
+  the validation curve flat or overfitting, or when its last changes are within
+  noise on a curve that has not converged; else info.
 
 `paired_change` is what the plateau check uses to leave out an overfitting rise within noise.
 """
@@ -87,8 +88,8 @@ def check(run: Run) -> CheckResult:
         return CheckResult.skipped(NAME, "no validation split with 2 complete epochs (wrap a loader with "
                                          "split='val')")
     table = noise_table(val)
-    claims = _claims(run)
-    return _compute_val_noise(table, claims)
+    claims, val_state = _claims(run)
+    return _compute_val_noise(table, claims, val_state=val_state)
 
 
 def gate_plateau(result: CheckResult, val: Split) -> CheckResult:
@@ -119,8 +120,9 @@ def gate_plateau(result: CheckResult, val: Split) -> CheckResult:
                                      per_sample=result.per_sample)
 
 
-def _claims(run: Run) -> list[str]:
-    """What the plateau check's rules say of the validation curve: "plateau", "overfitting" (or nothing)."""
+def _claims(run: Run) -> tuple[list[str], str | None]:
+    """What the plateau check's rules say of the validation curve: "plateau", "overfitting" (or nothing),
+    and its state ("plateau", "converging", "converged"...)."""
     from dataaudit.checks import plateau  # the plateau check imports this module
 
     result = plateau.check(run)
@@ -129,20 +131,28 @@ def _claims(run: Run) -> list[str]:
         out.append("plateau")
     if result.details.get("overfitting") or result.details.get("overfitting_within_noise"):
         out.append("overfitting")
-    return out
+    return out, result.details.get("val_state")
 
 
-def _compute_val_noise(table: pd.DataFrame, claims: list[str]) -> CheckResult:
-    """The val_noise result from `noise_table` (v epochs) and the plateau check's claims on validation."""
+def _compute_val_noise(table: pd.DataFrame, claims: list[str], *, val_state: str | None = None) -> CheckResult:
+    """The val_noise result from `noise_table` (v epochs), the plateau check's claims on validation and the
+    validation curve's state (None: unknown).
+
+    A coarse set is a warning when a claim rests on it, or when its last changes (up to 3) are all within noise
+    on a curve that has not converged (it looks flat, and nobody can tell); else info. A converged loss near 0
+    makes any set look coarse relative to it, and there is nothing left to call."""
     res = resolution(table)
     with np.errstate(invalid="ignore"):
         within = (table["change"].abs() < Z * table["change_stderr"]).to_numpy()
     judged = np.isfinite(table["change_stderr"].to_numpy())
     n = int(table["n"].median()) if len(table) else 0
     coarse = bool(np.isfinite(res) and res > MEANINGFUL)
+    last = within[judged][-3:]
+    looks_flat = bool(len(last) and last.all() and val_state != "converged")
     rows = np.unique(np.linspace(0, len(table) - 1, min(len(table), MAX_EPOCHS)).round().astype(int))
     details: dict[str, Any] = {
         "samples": n, "resolution": json_number(res), "coarse": coarse, "claims": claims,
+        "last_changes_within_noise": looks_flat,
         "within_noise_share": json_number(within[judged].mean()) if judged.any() else None,
         "epochs": [int(table["epoch"].iloc[i]) for i in rows],
         "loss": [json_number(table["loss"].iloc[i]) for i in rows],
@@ -154,11 +164,12 @@ def _compute_val_noise(table: pd.DataFrame, claims: list[str]) -> CheckResult:
         claimed = " and ".join(f'"{c}"' for c in claims)
         need = math.ceil(n * (res / MEANINGFUL) ** 2)
         findings.append(Finding(
-            NAME, "warning" if claims else "info",
+            NAME, "warning" if claims or looks_flat else "info",
             f"The validation set ({n} samples) is too small or noisy to call a plateau: changes between epochs "
             f"below {res:.0%} of its loss are within noise (2 standard errors), and "
             f"{within[judged].mean():.0%} of its epoch-to-epoch changes are" +
-            (f"; the plateau check's {claimed} on validation rests on noise." if claims else "."),
+            (f"; the plateau check's {claimed} on validation rests on noise." if claims else
+             "; its recent flatness cannot be told from noise." if looks_flat else "."),
             remedy=f"Validate on more samples (about {need} to resolve a change of a tenth of the loss), or "
                    f"average the validation loss over several epochs before calling it flat; judge the "
                    f"plateau on the training loss.",
@@ -170,5 +181,5 @@ def _compute_val_noise(table: pd.DataFrame, claims: list[str]) -> CheckResult:
                            "Too few samples recorded in both of two consecutive validation epochs to "
                            "estimate the noise."),
             evidence={"samples": n, "resolution": json_number(res)}))
-    score = min(1.0, res / (4 * MEANINGFUL)) if coarse and claims else 0.0
+    score = min(1.0, res / (4 * MEANINGFUL)) if coarse and (claims or looks_flat) else 0.0
     return CheckResult.from_findings(NAME, findings, score=score, details=details)
