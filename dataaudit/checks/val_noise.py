@@ -160,7 +160,12 @@ def _compute_val_noise(table: pd.DataFrame, claims: list[str], *, val_state: str
         "change_stderr": [json_number(table["change_stderr"].iloc[i]) for i in rows],
     }
     findings = []
-    if coarse:
+    if coarse and val_state == "converged" and not claims:
+        findings.append(Finding(
+            NAME, "info", f"The validation loss converged near 0 ({table['loss'].iloc[-1]:.3g}); relative to so small "
+                          f"a loss, its {n} samples resolve only changes above {res:.0%}, but there is no plateau "
+                          f"left to call.", evidence={"samples": n, "resolution": json_number(res)}))
+    elif coarse:
         claimed = " and ".join(f'"{c}"' for c in claims)
         need = math.ceil(n * (res / MEANINGFUL) ** 2)
         findings.append(Finding(
