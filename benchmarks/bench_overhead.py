@@ -7,7 +7,10 @@ U T U T ... U; each tracked epoch is compared with the mean of the untracked
 epochs either side of it, so that the machine's drifting speed cancels. The
 figure is the median of those ratios, with its interquartile range.
 
-    python benchmarks/bench_overhead.py [--rounds 30]
+    python benchmarks/bench_overhead.py [--rounds 30] [--activations K]
+
+--activations K turns on the activation probe (`watch(activations=K)`: the ReLUs
+of the MLP are probed every K optimizer steps; 0, the default, leaves it off).
 """
 from __future__ import annotations
 
@@ -28,6 +31,8 @@ def main() -> None:
     ap.add_argument("--samples", type=int, default=20_000)
     ap.add_argument("--without", nargs="*", default=[], choices=["inputs", "logits", "watch"],
                     help="leave parts of the capture out, to see what each costs")
+    ap.add_argument("--activations", type=int, default=0,
+                    help="probe dead/saturated units every K steps (watch(activations=K)); 0: off")
     args = ap.parse_args()
 
     import dataaudit
@@ -43,8 +48,8 @@ def main() -> None:
         return {**({} if "logits" in args.without else {"logits": logits}),
                 **({} if "inputs" in args.without else {"inputs": xb})}
 
-    def epoch(batches, tracker=None) -> tuple[float, float]:
-        start, cpu = time.perf_counter(), time.process_time()
+    def epoch(batches, tracker=None) -> tuple[float, float, float]:
+        start, cpu, own = time.perf_counter(), time.process_time(), time.thread_time()
         for xb, yb in batches:
             logits = model(xb)
             losses = F.cross_entropy(logits, yb, reduction="none")
@@ -53,7 +58,7 @@ def main() -> None:
             opt.zero_grad()
             losses.mean().backward()
             opt.step()
-        return time.perf_counter() - start, time.process_time() - cpu
+        return time.perf_counter() - start, time.process_time() - cpu, time.thread_time() - own
 
     with tempfile.TemporaryDirectory() as tmp:
         tracker = dataaudit.Tracker(f"{tmp}/run")
@@ -62,19 +67,24 @@ def main() -> None:
         untracked, tracked = [epoch(loader)], []
         for _ in range(args.rounds):
             if "watch" not in args.without:
-                tracker.watch(opt, model=model)
+                tracker.watch(opt, model=model, activations=args.activations)
             tracked.append(epoch(wrapped, tracker))
             if tracker._watch is not None:  # the untracked epochs run without the optimizer hooks
                 tracker._watch.remove()
-                tracker._watch = None
+                tracker._probes.remove()
+                tracker._watch = tracker._probes = None
             untracked.append(epoch(loader))
         tracker.close()
 
-    for i, name in ((0, "wall clock"), (1, "CPU time")):
+    # the training thread's own CPU time is what the hooks and record() add to each step; unlike the wall
+    # clock it barely moves when other processes share the machine
+    for i, name in ((0, "wall clock"), (1, "CPU time"), (2, "training thread CPU time")):
         pairs = zip(tracked, untracked, untracked[1:], strict=False)
         ratios = sorted(t[i] / ((a[i] + b[i]) / 2) - 1 for t, a, b in pairs)
         q1, med, q3 = statistics.quantiles(ratios, n=4)
         without = f" without {', '.join(args.without)}" if args.without else ""
+        if args.activations:
+            without += f", activation probe every {args.activations} steps"
         print(f"tracker overhead{without}, {name}: {med:+.1%} "
               f"(interquartile {q1:+.1%} to {q3:+.1%}, {args.rounds} rounds)")
     print(f"untracked epoch {statistics.median(u[0] for u in untracked) * 1000:.0f} ms, "

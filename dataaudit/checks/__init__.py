@@ -9,7 +9,22 @@ import functools
 from collections.abc import Callable
 from types import ModuleType
 
-from dataaudit.checks import class_imbalance, coverage, drift, feature_scale, labels, optimizer, plateau, targets
+from dataaudit.checks import (
+    accumulation,
+    class_imbalance,
+    coverage,
+    drift,
+    feature_scale,
+    labels,
+    layer_gradients,
+    optimizer,
+    plateau,
+    resume,
+    subsets,
+    targets,
+    units,
+    val_noise,
+)
 from dataaudit.checks.base import CheckResult, Finding
 from dataaudit.run import Run
 
@@ -34,7 +49,8 @@ def _for_its_tasks(module: ModuleType) -> Check:
 
 
 REGISTRY: dict[str, Check] = {m.NAME: _for_its_tasks(m) for m in (
-    coverage, labels, targets, drift, class_imbalance, feature_scale, plateau, optimizer)}
+    coverage, labels, targets, drift, class_imbalance, feature_scale, plateau, optimizer,
+    subsets, layer_gradients, val_noise, resume, accumulation, units)}
 
 
 def get_check(name: str) -> Check:

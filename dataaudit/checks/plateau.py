@@ -34,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from dataaudit.checks import val_noise
 from dataaudit.checks.base import CheckResult, Finding, json_number
 from dataaudit.checks.curves import (
     CONVERGED_ACCURACY,
@@ -67,12 +68,14 @@ def check(run: Run) -> CheckResult:
     val_table = epoch_losses(val) if val is not None else None
     if val_table is not None and val_table.empty:
         val_table = None
-    return _compute_plateau(
+    result = _compute_plateau(
         table["epoch"].to_numpy(), table["loss"].to_numpy(),
         train_accuracy=table["accuracy"].to_numpy(), nonfinite_share=table["nonfinite"].to_numpy(),
         val_epochs=None if val_table is None else val_table["epoch"].to_numpy(),
         val_loss=None if val_table is None else val_table["loss"].to_numpy(),
         val_nonfinite_share=None if val_table is None else val_table["nonfinite"].to_numpy())
+    # validation claims held to the noise of the validation set (see val_noise)
+    return result if val_table is None else val_noise.gate_plateau(result, val)
 
 
 def _skipped(reason: str) -> CheckResult:

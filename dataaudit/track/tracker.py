@@ -41,6 +41,7 @@ from dataaudit.track.inputs import (
 )
 from dataaudit.track.loader import TrackedLoader
 from dataaudit.track.optim import OptimizerWatch, write_steps
+from dataaudit.track.probes import Probes, check_options, param_info
 from dataaudit.track.sampler_info import sampler_facts
 from dataaudit.track.sketch import Projection
 from dataaudit.track.task import infer_task, read_batch
@@ -96,6 +97,7 @@ class Tracker:
         self._projection: dict[str, Projection] = {}
         self._fingerprints: dict[str, Projection] = {}
         self._watch: OptimizerWatch | None = None
+        self._probes: Probes | None = None
         self._closed = False
         self._manifest = self._open_manifest(seed=seed, sketch_dim=sketch_dim, reservoir=reservoir,
                                              sketch_rows=sketch_rows)
@@ -121,14 +123,17 @@ class Tracker:
         return tracked
 
     def watch(self, optimizer: torch.optim.Optimizer, *, model: torch.nn.Module | None = None,
-              scaler: Any = None, every: int = 10) -> None:
+              scaler: Any = None, every: int = 10, scheduler: Any = None, activations: bool | int = False) -> None:
         """Record optimizer telemetry at every step; update norms every `every` steps (0: never).
 
-        Pass the AMP `scaler` (a GradScaler) to count skipped steps and unscale raw gradient norms.
+        Pass the AMP `scaler` (a GradScaler) to count skipped steps and unscale raw gradient norms, the
+        lr `scheduler` to fingerprint its position with the optimizer's state at each epoch end, and
+        `activations=True` (or every k steps) to probe dead and saturated units (see `dataaudit.track.probes`).
         """
         self._check_open()
         if self._watch is not None:
             raise ValueError("watch() was already called; dataaudit watches one optimizer per run")
+        check_options(model=model, scheduler=scheduler, activations=activations)
         counters = self._manifest.setdefault("step_counters", {"step": 0, "attempt": 0})
         self._watch = OptimizerWatch(optimizer, model=model, scaler=scaler, every=every,
                                      epoch_fn=self._train_epoch, start_step=counters["step"],
@@ -139,7 +144,10 @@ class Tracker:
             "defaults": {k: v for k, v in optimizer.defaults.items() if isinstance(v, (int, float, bool, str))},
             "scaler": scaler is not None,
             "update_every": every,
+            "params": param_info(optimizer, model),
         }
+        self._probes = Probes(optimizer, model=model, scheduler=scheduler, scaler=scaler, activations=activations,
+                              step_fn=lambda: self._watch.step)
 
     def record(self, losses: torch.Tensor, *, logits: torch.Tensor | None = None,
                targets: torch.Tensor | None = None, inputs: torch.Tensor | dict | None = None,
@@ -167,6 +175,8 @@ class Tracker:
                                "iterate tracker.wrap(loader) and call record() once per batch")
         if pending.recorded:
             raise RuntimeError("record() was already called for this batch; call it once per batch the loader yields")
+        if self._probes is not None and isinstance(losses, torch.Tensor):
+            self._probes.note_losses(losses)  # the tensor in the graph, not the detached copy: see track/backward.py
         losses = per_sample_losses(losses)
         n = losses.shape[0]
         ids = self._batch_ids(pending, ids, n)
@@ -208,6 +218,8 @@ class Tracker:
             self._closed = True
             if self._watch is not None:
                 self._watch.remove()
+            if self._probes is not None:
+                self._probes.remove()
 
     def __enter__(self) -> Tracker:
         return self
@@ -403,6 +415,9 @@ class Tracker:
         self._writer.submit(lambda: epoch.finish(self.path))
         if epoch.split == "train":
             self._write_steps()
+            if self._probes is not None:
+                self._probes.epoch_end(self._manifest, epoch=epoch.epoch, session=self._session,
+                                       step=self._watch.step, submit=self._writer.submit)
         entry = {
             "split": epoch.split, "epoch": epoch.epoch, "rank": self.rank, "complete": exhausted,
             "batches": epoch.batches, "samples": epoch.yielded, "recorded": epoch.recorded,

@@ -39,7 +39,7 @@ def test_training_thread_never_synchronises(run_dir):
             warnings.simplefilter("always")
             with dataaudit.Tracker(run_dir, flush_rows=512) as tracker:
                 tracked = tracker.wrap(loader)
-                tracker.watch(opt, model=model, every=3)
+                tracker.watch(opt, model=model, every=3, activations=2)  # the probes may not synchronise either
                 torch.cuda.set_sync_debug_mode("warn")
                 for _ in range(2):
                     for x, y in tracked:
