@@ -93,35 +93,13 @@ def scan(dataset_dir: str | Path, *, model: Any = None, pred_probs: str | Path |
 
 
 def _thumbnails(data: Dataset, ids, *, size: int = 32) -> dict[int, str]:
-    """sample id -> base64 PNG (size x size, aspect kept, padded) of the report's most suspicious images.
+    """sample id -> base64 PNG (size x size, aspect kept, padded) of the report's flagged images (the first
+    `thumbnails.MAX_THUMBNAILS`: the page stays small). An image that cannot be read again is left out."""
+    from dataaudit.thumbnails import MAX_THUMBNAILS, folder_thumbnails
 
-    Only the rows the report shows (figures.TOP_SAMPLES): the page stays small. An image that cannot be
-    read again is left out; its row shows no thumbnail.
-    """
-    import base64
-    import io
-
-    from PIL import Image
-
-    from dataaudit.report.figures import TOP_SAMPLES
-
-    out = {}
-    for i in list(ids)[:TOP_SAMPLES]:
-        i = int(i)
-        if data.files is None or not 0 <= i < len(data.files):
-            continue
-        try:
-            with Image.open(data.path / data.files[i]) as im:
-                im = im.convert("RGB")
-                im.thumbnail((size, size))
-                canvas = Image.new("RGB", (size, size), (255, 255, 255))
-                canvas.paste(im, ((size - im.width) // 2, (size - im.height) // 2))
-        except Exception:  # removed or corrupted since loading: no thumbnail, the report still renders
-            continue
-        buffer = io.BytesIO()
-        canvas.save(buffer, format="PNG", optimize=True)
-        out[i] = base64.b64encode(buffer.getvalue()).decode("ascii")
-    return out
+    if data.files is None:
+        return {}
+    return folder_thumbnails(data.path, data.files, list(ids)[:MAX_THUMBNAILS], size=size)
 
 
 def _neighbors(data: Dataset, embeddings: np.ndarray | None, say):
@@ -234,29 +212,13 @@ def _merge(tracked, scan_audit, summary: dict, say):
 
 
 def flagged_table(audit):
-    """The scan's suspected label errors, most suspicious first, as a DataFrame.
+    """The suspected label errors, most suspicious first, as a DataFrame (what flagged.csv holds).
 
-    Columns: sample_id, given_label, suggested_label, label_quality; given_class and suggested_class when
-    the classes have names; file for image folders.
+    Kept for existing callers: the rows of `audit.issues()` flagged as label issues (see
+    `dataaudit.issues.flagged_rows`). Columns: sample_id, given_label, suggested_label, label_quality;
+    given_class and suggested_class when the classes have names; file for image folders; then the other
+    per-sample columns of `audit.issues()`.
     """
-    import pandas as pd
+    from dataaudit.issues import flagged_rows
 
-    result = audit.results.get("scan_labels") or audit.results.get("labels")
-    columns = ["sample_id", "given_label", "suggested_label", "label_quality"]
-    if result is None or result.per_sample is None or "label_issues" not in result.details:
-        return pd.DataFrame(columns=columns)
-    table = result.per_sample.set_index("sample_id")
-    ids = [i for i in result.details["label_issues"] if i in table.index]
-    rows = table.loc[ids]
-    out = pd.DataFrame({"sample_id": ids, "given_label": rows["label"].to_numpy(),
-                        "suggested_label": rows["suggested_label"].to_numpy(),
-                        "label_quality": rows["label_quality"].to_numpy().round(6)})
-    scan = audit.run_summary.get("scan", {})
-    names = scan.get("class_names")
-    if names:
-        out["given_class"] = [names[i] for i in out["given_label"]]
-        out["suggested_class"] = [names[i] if 0 <= i < len(names) else "" for i in out["suggested_label"]]
-    files = audit.run.meta.get("sample_files") if audit.run is not None else None
-    if files:
-        out["file"] = [files[i] if 0 <= i < len(files) else "" for i in out["sample_id"]]
-    return out
+    return flagged_rows(audit)
