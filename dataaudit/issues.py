@@ -62,8 +62,8 @@ def issues_table(audit: Audit) -> pd.DataFrame:
     if label_table is not None:
         pos, ok = positions(ids, label_table["sample_id"].to_numpy())
         pos = pos[ok]
-        given[pos] = label_table["label"].to_numpy()[ok]
-        suggested[pos] = label_table["suggested_label"].to_numpy()[ok]
+        given = _fill(n, pos, label_table["label"].to_numpy()[ok], -1)
+        suggested = _fill(n, pos, label_table["suggested_label"].to_numpy()[ok], -1)
         score[pos] = label_table["label_quality"].to_numpy(dtype=float)[ok]
         if "aum" in label_table:
             aum[pos] = label_table["aum"].to_numpy(dtype=float)[ok]
@@ -75,7 +75,7 @@ def issues_table(audit: Audit) -> pd.DataFrame:
         flagged[pos[ok]] = True
     stats = _loss_stats(run, ids, _plateau_epochs(audit)) if run is not None else None
     draws = _draw_counts(run, ids) if run is not None else (np.zeros(n, np.int64), np.zeros(n, np.int64))
-    if run is not None and (given < 0).any():
+    if run is not None and given.dtype.kind in "iu" and (given < 0).any():
         _fill_labels(run, ids, given)
         suggested = np.where(suggested < 0, given, suggested)
     out["given_label"] = given
@@ -161,7 +161,11 @@ def _per_sample(result) -> pd.DataFrame | None:
     return result.per_sample.drop_duplicates("sample_id")
 
 
-def _fill(n: int, pos: np.ndarray, values: np.ndarray, fill, dtype) -> np.ndarray:
+def _fill(n: int, pos: np.ndarray, values: np.ndarray, fill, dtype=None) -> np.ndarray:
+    """An (n,) array of `fill` with `values` at `pos`; of `dtype`, else of the values' own (object when they
+    are not numbers: labels are class indices, but a table can hold anything)."""
+    if dtype is None:
+        dtype = values.dtype if values.dtype.kind in "biuf" else object
     out = np.full(n, fill, dtype=dtype)
     out[pos] = values
     return out

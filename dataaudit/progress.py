@@ -45,6 +45,7 @@ class Progress:
         self.count = 0
         self.start = time.perf_counter()
         self._width = 0
+        self._last = 0.0
 
     def step(self, what: str = "", *, advance: int = 1) -> None:
         """Say that step `count + 1` (named `what`) starts; `advance` steps are counted as done before it."""
@@ -52,8 +53,13 @@ class Progress:
         self._draw(what, done=self.count - 1)
 
     def update(self, done: int, what: str = "") -> None:
-        """Say that `done` steps are done (for phases counted in batches or rows)."""
+        """Say that `done` steps are done (for phases counted in batches or rows); drawn at most 10 times a
+        second on a terminal, once a second elsewhere, and always on the last step."""
         self.count = done
+        now = time.perf_counter()
+        if now - self._last < (0.1 if self.terminal else 1.0) and done != self.total:
+            return
+        self._last = now
         self._draw(what, done=done)
 
     def done(self, what: str = "done") -> None:
@@ -62,6 +68,13 @@ class Progress:
             return
         elapsed = time.perf_counter() - self.start
         self._write(f"{self.label}: {what} in {_seconds(elapsed)}", end="\n")
+
+    def clear(self) -> None:
+        """Erase a line in progress on a terminal (before an error message, or before another phase's line)."""
+        if self.terminal and self._width:
+            self.stream.write("\r" + " " * self._width + "\r")
+            self.stream.flush()
+            self._width = 0
 
     def _draw(self, what: str, *, done: int) -> None:
         if not self.enabled:

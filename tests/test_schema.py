@@ -111,8 +111,9 @@ def test_tracked_run_audit_json_validates(tracked_json):
 
 
 def test_scan_audit_json_validates(tmp_path):
-    from dataaudit.cli import app
     from typer.testing import CliRunner
+
+    from dataaudit.cli import app
 
     rng = np.random.default_rng(0)
     n, k = 400, 4
