@@ -56,8 +56,9 @@ def render_html(audit: Audit) -> str:
         "audit": data,
         "headline": headline(audit),
         "evidence": _evidence(audit),
-        "method": attribution.get("method"),
-        "formula": tables.method_formula(attribution, audit.data_share),
+        # a scan's method is its formula: the words speak of plateau epochs a scan does not have
+        "method": None if scan and tables.method_formula(attribution, audit.data_share) else attribution.get("method"),
+        "formula": tables.method_formula(attribution, audit.data_share, scan=scan),
         "scan": scan,
         "loss_unit": unit,
         "flagged_json": (tables.flagged_json(tables.flagged_frame(audit), _valid_thumbnails(audit.thumbnails))

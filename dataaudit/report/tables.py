@@ -85,12 +85,13 @@ def _compact(v: Any) -> str:
     return _scalar(v)
 
 
-def method_formula(attribution: dict[str, Any], data_share: float) -> list[str]:
+def method_formula(attribution: dict[str, Any], data_share: float, *, scan: bool = False) -> list[str]:
     """The attribution as formula lines with the numbers plugged in.
 
     Uses `attribution["formula"]` when the attribution states one (a string, or a list of lines); otherwise
     builds the data share from the keys it has (plateau_loss L, unflagged_loss L_rest, label_noise_entropy H,
     data_evidence floors); [] when it has none of them (the page then shows the method in words).
+    scan : the audit is of a scan (one pass over a dataset): L is the samples' mean loss, not a plateau's.
     """
     stated = attribution.get("formula")
     if isinstance(stated, str) and stated:
@@ -130,7 +131,8 @@ def method_formula(attribution: dict[str, Any], data_share: float) -> list[str]:
     span = (f"epochs {epochs[0]}–{epochs[1]}" if isinstance(epochs, list | tuple) and len(epochs) == 2
             and epochs[0] != epochs[1] else "the plateau")
     if _number(L):
-        where.append(f"L = mean training loss over {span}")
+        where.append("L = mean loss of the samples (−ln p(given label))" if scan else
+                     f"L = mean training loss over {span}")
     if _number(rest):
         where.append("L_rest = that of the unflagged samples")
     if _number(H):
