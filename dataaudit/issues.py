@@ -181,11 +181,17 @@ def _universe(audit: Audit, label_table: pd.DataFrame | None) -> np.ndarray:
         parts.append(coverage["sample_id"].to_numpy(dtype=np.int64))
     run = audit.run
     if run is not None:
-        if len(run.records):
-            parts.append(unique_ids(run.records["sample_id"].to_numpy()).astype(np.int64))
-        parts += [unique_ids(d).astype(np.int64) for d in run.train.draws.values() if len(d)]
-        if run.train.dataset_size:
-            parts.append(np.arange(run.train.dataset_size, dtype=np.int64))
+        draws = [d for d in run.train.draws.values() if len(d)]
+        size = run.train.dataset_size
+        # the common case, dataset indices 0..size-1: the universe is known without a pass over the rows
+        if size and all(int(d.min()) >= 0 and int(d.max()) < size for d in draws):
+            parts.append(np.arange(size, dtype=np.int64))
+        else:
+            parts += [unique_ids(d).astype(np.int64) for d in draws]
+            if size:
+                parts.append(np.arange(size, dtype=np.int64))
+            if not draws and len(run.records):  # records are draws: only without draws are they read
+                parts.append(unique_ids(run.records["sample_id"].to_numpy()).astype(np.int64))
     return unique_ids(np.concatenate(parts)) if parts else np.empty(0, np.int64)
 
 
@@ -246,14 +252,23 @@ def _draw_counts(run: Run, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _fill_labels(run: Run, ids: np.ndarray, given: np.ndarray) -> None:
-    """Fill unknown given labels (-1) in place from the records (last recorded label of each sample)."""
+    """Fill unknown given labels (-1) in place from the records: the last epoch's first (one pass over its
+    rows, usually enough), then all epochs for samples that epoch did not draw."""
     records = run.records
     if not len(records):
         return
-    pos, ok = positions(ids, records["sample_id"].to_numpy().astype(np.int64))
-    label = records["label"].to_numpy()
-    keep = ok & (label >= 0)
-    unknown = given < 0
-    seen = np.full(len(ids), -1, np.int64)
-    seen[pos[keep]] = label[keep]
-    given[unknown] = seen[unknown]
+    epoch = records["epoch"].to_numpy()
+    last = epoch == epoch.max()
+    for rows in (last, None):
+        sample = records["sample_id"].to_numpy()
+        label = records["label"].to_numpy()
+        if rows is not None:
+            sample, label = sample[rows], label[rows]
+        pos, ok = positions(ids, sample.astype(np.int64))
+        keep = ok & (label >= 0)
+        seen = np.full(len(ids), -1, np.int64)
+        seen[pos[keep]] = label[keep]
+        unknown = given < 0
+        given[unknown] = seen[unknown]
+        if not (given < 0).any():
+            return
