@@ -111,9 +111,13 @@ def test_scan_progress_stays_off_the_pipe_and_scan_reports_use_scan_words(tmp_pa
     result = runner.invoke(app, ["scan", str(data), "--pred-probs", str(pp), "--out", str(out)])
     assert "\r" not in result.stderr and "about" not in result.stderr
     html = (out / "audit.html").read_text()
-    for word in ("plateau epochs", "late loss", "epoch 0", "Coverage per epoch", "Optimizer telemetry"):
+    for word in ("plateau epochs", "late loss", "epoch 0", "Coverage per epoch", "Optimizer telemetry",
+                 "<th>window</th>"):
         assert word not in html, word
     assert "loss of the scanned samples" in html
+    table = json.loads(html.split('<script type="application/json" id="flagged-data">')[1].split("</script>")[0])
+    assert table["scan"] and "times_missing" not in table["columns"] and "loss_trend" not in table["columns"]
+    assert [row[1] for row in table["rows"]] == json.loads((out / "audit.json").read_text())["label_issues"]
 
 
 def test_report_with_data_shows_thumbnails_of_flagged_images(tmp_path):

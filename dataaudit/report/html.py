@@ -61,11 +61,11 @@ def render_html(audit: Audit) -> str:
         "formula": tables.method_formula(attribution, audit.data_share, scan=scan),
         "scan": scan,
         "loss_unit": unit,
-        "flagged_json": (tables.flagged_json(tables.flagged_frame(audit), _valid_thumbnails(audit.thumbnails))
-                         if audit.label_issues else None),
+        "flagged_json": (tables.flagged_json(tables.flagged_frame(audit), _valid_thumbnails(audit.thumbnails),
+                                             scan=scan) if audit.label_issues else None),
         "one_epoch": one_epoch,
         "loss_table": _loss_summary(losses),
-        "findings": [_finding(f) for f in audit.findings],
+        "findings": [_finding(f, scan=scan) for f in audit.findings],
         "samples": _with_thumbnails(figures.suspicious_samples(audit), audit.thumbnails),
         "n_label_issues": len(audit.label_issues),
         "labels_method": labels.details.get("method") if labels is not None else None,
@@ -185,9 +185,14 @@ def _with_thumbnails(samples: list[dict[str, Any]], thumbnails: dict[int, str]) 
     return [{**s, "thumbnail": valid.get(int(s["sample_id"]))} for s in samples]
 
 
-def _finding(f) -> dict[str, Any]:
+# evidence about epochs, which a scan (one pass over a dataset) does not have
+_EPOCH_EVIDENCE = ("window", "epochs", "late_epochs", "epoch")
+
+
+def _finding(f, *, scan: bool = False) -> dict[str, Any]:
+    evidence = {k: v for k, v in (f.evidence or {}).items() if not (scan and k in _EPOCH_EVIDENCE)}
     return {"check": f.check, "severity": f.severity, "summary": f.summary, "remedy": f.remedy,
-            "evidence": tables.evidence_table(f.evidence) if f.evidence else None,
+            "evidence": tables.evidence_table(evidence) if evidence else None,
             "ids": [str(i) for i in f.ids[:20]], "n_ids": len(f.ids)}
 
 

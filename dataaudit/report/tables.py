@@ -146,7 +146,7 @@ def _number(x: Any) -> bool:
     return isinstance(x, int | float) and not isinstance(x, bool) and x == x
 
 
-def flagged_json(flagged: pd.DataFrame, thumbnails: dict[int, str]) -> Markup:
+def flagged_json(flagged: pd.DataFrame, thumbnails: dict[int, str], *, scan: bool = False) -> Markup:
     """The flagged samples (most suspicious first, at most MAX_FLAGGED_ROWS) as JSON for the page's table
     script: {"columns": [...], "rows": [[...], ...], "total": n}; '<', '>' and '&' escaped so the text cannot
     close its <script> element."""
@@ -159,14 +159,18 @@ def flagged_json(flagged: pd.DataFrame, thumbnails: dict[int, str]) -> Markup:
     data["suggested"] = [_cell(v) for v in rows[suggested_col]]
     data["label_quality"] = [_cell(v) for v in rows["label_quality"]]
     for column in ("aum", "plateau_loss", "loss_trend", "times_missing", "file"):
-        if column in rows and rows[column].notna().any():
+        # a column only where it tells something: epochs missing only when some were, no trend for one pass
+        informative = rows[column].notna().any() if column in rows else False
+        if column == "times_missing" and informative:
+            informative = bool((rows[column] > 0).any())
+        if informative:
             columns.append(column)
             data[column] = [_cell(v) for v in rows[column]]
     if thumbnails:
         columns.insert(0, "image")
         data["image"] = [thumbnails.get(int(i)) for i in data["sample_id"]]
     payload = {"columns": columns, "rows": [list(r) for r in zip(*(data[c] for c in columns), strict=True)],
-               "total": int(len(flagged))}
+               "total": int(len(flagged)), "scan": scan}
     text = json.dumps(payload, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
     return Markup(text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026"))
 
