@@ -129,10 +129,9 @@ def flagged_rows(audit: Audit) -> pd.DataFrame:
     table = issues_table(audit)
     scanned = "scan_is_label_issue" in table
     if scanned:
-        flagged = table[table["scan_is_label_issue"]]
+        flagged = table[table["scan_is_label_issue"]].set_index("sample_id")
         ids = audit.results["scan_labels"].details.get("label_issues", [])
-        flagged = flagged.set_index("sample_id").loc[[i for i in ids if i in set(flagged["sample_id"])]]
-        flagged = flagged.reset_index()
+        flagged = flagged.loc[[i for i in ids if i in flagged.index]].reset_index()
         flagged = flagged.assign(suggested_label=flagged["scan_suggested_label"],
                                  label_score=flagged["scan_label_score"])
     else:
