@@ -132,19 +132,23 @@ def analyze(run: str | Path | Run, *, checks: Iterable[str] | None = None, progr
     for name in names:
         get_check(name)  # an unknown name fails before the run is read
     bar = Progress(len(names) + 2, "analyze", enabled=progress, unit="steps")
-    if not isinstance(run, Run):
-        bar.step("reading the run")
-        run = load_run(run)
-    else:
-        bar.count += 1
-    results = {}
-    for name in names:
-        bar.step(f"check {name}")
-        results[name] = get_check(name)(run)
-    bar.step("attribution")
-    labels = results.get("labels")
-    attribution = attribute(run, results)
-    plateau = results.get("plateau")
+    try:
+        if not isinstance(run, Run):
+            bar.step("reading the run")
+            run = load_run(run)
+        else:
+            bar.count += 1
+        results = {}
+        for name in names:
+            bar.step(f"check {name}")
+            results[name] = get_check(name)(run)
+        bar.step("attribution")
+        labels = results.get("labels")
+        attribution = attribute(run, results)
+        plateau = results.get("plateau")
+    except BaseException:
+        bar.clear()  # an error message starts on a clean line, and the line stops ticking
+        raise
     bar.done(f"{len(names)} checks")
     thumbnails = {}
     if dataset is not None and labels is not None:

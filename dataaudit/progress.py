@@ -1,7 +1,8 @@
 """A progress line on stderr: the step, how far along, the time spent and an estimate of the time left.
 
 No dependency: one line rewritten in place with a carriage return, only when stderr is a terminal (or when
-asked for explicitly), so logs and pipes stay clean.
+asked for explicitly), so logs and pipes stay clean. On a terminal the line keeps ticking (time spent, time
+left) once a second during a long step, so that a slow check or a neighbour search is never a silence.
 
     bar = Progress(total=7, label="analyze", enabled=None)   # None: on when stderr is a terminal
     for name in checks:
@@ -12,6 +13,7 @@ asked for explicitly), so logs and pipes stay clean.
 from __future__ import annotations
 
 import sys
+import threading
 import time
 from typing import TextIO
 
@@ -46,6 +48,9 @@ class Progress:
         self.start = time.perf_counter()
         self._width = 0
         self._last = 0.0
+        self._lock = threading.Lock()
+        self._current: tuple[str, int, float] | None = None  # (what, done, when it was said): redrawn by the ticker
+        self._ticker: threading.Thread | None = None
 
     def step(self, what: str = "", *, advance: int = 1) -> None:
         """Say that step `count + 1` (named `what`) starts; `advance` steps are counted as done before it."""
@@ -66,25 +71,51 @@ class Progress:
         """End the line (with the total time)."""
         if not self.enabled:
             return
-        elapsed = time.perf_counter() - self.start
-        self._write(f"{self.label}: {what} in {_seconds(elapsed)}", end="\n")
+        with self._lock:
+            self._current = None
+            elapsed = time.perf_counter() - self.start
+            self._write(f"{self.label}: {what} in {_seconds(elapsed)}", end="\n")
 
     def clear(self) -> None:
         """Erase a line in progress on a terminal (before an error message, or before another phase's line)."""
-        if self.terminal and self._width:
-            self.stream.write("\r" + " " * self._width + "\r")
-            self.stream.flush()
-            self._width = 0
+        with self._lock:
+            self._current = None
+            if self.terminal and self._width:
+                self.stream.write("\r" + " " * self._width + "\r")
+                self.stream.flush()
+                self._width = 0
 
     def _draw(self, what: str, *, done: int) -> None:
         if not self.enabled:
             return
-        elapsed = time.perf_counter() - self.start
+        with self._lock:
+            self._current = (what, done, time.perf_counter())
+            self._render(*self._current)
+            if self.terminal and self._ticker is None:
+                self._ticker = threading.Thread(target=self._tick, name="dataaudit-progress", daemon=True)
+                self._ticker.start()
+
+    def _tick(self) -> None:
+        """Redraw the line once a second while a step runs; ends with the phase (done or clear)."""
+        while True:
+            time.sleep(1.0)
+            with self._lock:
+                if self._current is None:
+                    self._ticker = None
+                    return
+                self._render(*self._current)
+
+    def _render(self, what: str, done: int, said: float) -> None:
+        now = time.perf_counter()
+        elapsed = now - self.start
         count = f"[{self.count}/{self.total}{' ' + self.unit if self.unit else ''}]" if self.total else \
             f"[{self.count}{' ' + self.unit if self.unit else ''}]"
         text = f"{self.label} {count}{' ' + what if what else ''} · {_seconds(elapsed)}"
         if self.total and done > 0 and elapsed > 0.5:
-            left = elapsed / done * (self.total - done)
+            # the mean time of the steps done, for the steps left; the step under way counts as far as it went
+            # (never below the steps after it), so the estimate does not grow while a long step runs
+            per_step = (said - self.start) / done
+            left = max(per_step * (self.total - done) - (now - said), per_step * (self.total - done - 1), 0.0)
             text += f", about {_seconds(left)} left"
         self._write(text, end="" if self.terminal else "\n")
 

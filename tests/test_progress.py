@@ -57,3 +57,19 @@ def test_analyze_progress_switch(capsys, rng):
     dataaudit.analyze(Run.from_arrays(labels, probs), checks=["labels", "class_imbalance"], progress=True)
     err = capsys.readouterr().err
     assert "check labels" in err and "check class_imbalance" in err and "analyze: 2 checks in" in err
+
+
+def test_a_long_step_keeps_ticking_and_stops_with_the_phase():
+    import time
+
+    tty = _Terminal()
+    bar = Progress(2, "scan", stream=tty)
+    bar.step("near-duplicates")
+    time.sleep(2.3)  # a step with no progress of its own: the line still moves
+    assert tty.getvalue().count("\r") >= 2
+    bar.done()
+    ticker = bar._ticker
+    assert ticker is None or not ticker.is_alive() or (ticker.join(1.5) or not ticker.is_alive())
+    after = tty.getvalue()
+    time.sleep(1.2)
+    assert tty.getvalue() == after  # nothing drawn once the phase is done

@@ -211,7 +211,7 @@ window.addEventListener("load", function () {
 def _chromium(page: Path, width: int, tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
     cmd = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
            "--disable-component-update", "--disable-sync", "--no-first-run", "--hide-scrollbars",
-           f"--user-data-dir={tmp_path / f'profile{width}'}", f"--window-size={width},4000", *args, page.as_uri()]
+           f"--user-data-dir={tmp_path / f'profile{width}'}", f"--window-size={width},6500", *args, page.as_uri()]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=120)
 
 
