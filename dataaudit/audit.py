@@ -5,7 +5,7 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dataaudit import store
 from dataaudit.attribution import attribute
@@ -13,7 +13,12 @@ from dataaudit.checks import REGISTRY, CheckResult, Finding, get_check
 from dataaudit.reconcile import reconcile
 from dataaudit.run import Run, load_run
 
+if TYPE_CHECKING:
+    import pandas as pd
+
 VERDICTS = ("data", "optimizer", "mixed", "none")
+# The version of audit.json's layout (dataaudit/audit.schema.json): bumped when a field changes meaning or goes.
+SCHEMA_VERSION = "1.0"
 
 
 @dataclass(frozen=True)
@@ -24,7 +29,9 @@ class Audit:
     data_share : the part of the plateau traced to the data, in [0, 1].
     results : check name -> CheckResult.
     thumbnails : sample id -> base64 PNG (32x32) of the most suspicious images, for the HTML report only
-        (image-folder scans); never written to audit.json.
+        (image-folder scans, or `analyze(..., dataset=)`); never written to audit.json.
+
+    `issues()` is the per-sample table (one row per sample), `issue_summary()` the per-check one.
     """
 
     verdict: str
@@ -43,6 +50,30 @@ class Audit:
         if not 0.0 <= self.data_share <= 1.0:
             raise ValueError(f"Audit data_share must be in [0, 1]; got {self.data_share!r}")
 
+    def __repr__(self) -> str:
+        counts = {s: sum(f.severity == s for f in self.findings) for s in ("critical", "warning", "info")}
+        found = ", ".join(f"{n} {s}" for s, n in counts.items() if n) or "no findings"
+        where = f" of {self.run_summary['path']}" if self.run_summary.get("path") else ""
+        return (f"<Audit{where}: verdict {self.verdict!r}, data share {self.data_share:.0%}, "
+                f"{len(self.label_issues):,} label issues, {found}>")
+
+    def _repr_html_(self) -> str:
+        """The notebook display: the verdict card, the findings and the loss plot."""
+        from dataaudit.report.notebook import render_card
+        return render_card(self)
+
+    def issues(self) -> pd.DataFrame:
+        """One row per sample of the run, flagged or not (see `dataaudit.issues.issues_table` for the columns):
+        sample_id, given_label, suggested_label, label_score, is_label_issue, label_rank, plateau_loss,
+        loss_trend, aum, times_drawn, times_missing, and further per-sample columns of the checks that ran."""
+        from dataaudit.issues import issues_table
+        return issues_table(self)
+
+    def issue_summary(self) -> pd.DataFrame:
+        """One row per check: check, status, score, findings, flagged (sample ids named), worst, summary."""
+        from dataaudit.issues import summary_table
+        return summary_table(self)
+
     @property
     def findings(self) -> list[Finding]:
         """All findings, the most severe first."""
@@ -60,6 +91,7 @@ class Audit:
     def to_dict(self) -> dict[str, Any]:
         from dataaudit import __version__
         return {
+            "schema_version": SCHEMA_VERSION,
             "dataaudit_version": __version__,
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "verdict": self.verdict,
@@ -86,16 +118,47 @@ class Audit:
         return path
 
 
-def analyze(run: str | Path | Run, *, checks: Iterable[str] | None = None) -> Audit:
-    """Run the checks (default: every registered one) on a run directory or a `Run`."""
-    if not isinstance(run, Run):
-        run = load_run(run)
+def analyze(run: str | Path | Run, *, checks: Iterable[str] | None = None, progress: bool | None = False,
+            dataset: Any = None) -> Audit:
+    """Run the checks (default: every registered one) on a run directory or a `Run`.
+
+    progress : True draws a progress line on stderr (each check, time spent, time left), None draws it
+        only when stderr is a terminal (what the CLI does), False (the default) stays silent.
+    dataset : the training dataset (indexable: dataset[sample_id] -> image or (image, label)), or an image
+        folder; when its inputs are images, the report shows thumbnails of the flagged samples.
+    """
+    from dataaudit.progress import Progress
+
     names = list(REGISTRY) if checks is None else list(checks)
-    results = reconcile({name: get_check(name)(run) for name in names})
-    # noisy labels (classification) or noisy targets (regression): one list of suspicious ids
-    flagging = [r for name in ("labels", "targets") if (r := results.get(name)) is not None and r.status != "skipped"]
-    attribution = attribute(run, results)
-    plateau = results.get("plateau")
+    for name in names:
+        get_check(name)  # an unknown name fails before the run is read
+    bar = Progress(len(names) + 2, "analyze", enabled=progress, unit="steps")
+    try:
+        if not isinstance(run, Run):
+            bar.step("reading the run")
+            run = load_run(run)
+        else:
+            bar.count += 1
+        results = {}
+        for name in names:
+            bar.step(f"check {name}")
+            results[name] = get_check(name)(run)
+        results = reconcile(results)
+        bar.step("attribution")
+        labels = results.get("labels")
+        # noisy labels (classification) or noisy targets (regression): one list of suspicious ids
+        flagging = [r for name in ("labels", "targets")
+                    if (r := results.get(name)) is not None and r.status != "skipped"]
+        attribution = attribute(run, results)
+        plateau = results.get("plateau")
+    except BaseException:
+        bar.clear()  # an error message starts on a clean line, and the line stops ticking
+        raise
+    bar.done(f"{len(names)} checks")
+    thumbnails = {}
+    if dataset is not None and labels is not None:
+        from dataaudit.thumbnails import dataset_thumbnails
+        thumbnails = dataset_thumbnails(dataset, labels.details.get("label_issues", []))
     return Audit(
         verdict=attribution.verdict,
         data_share=attribution.data_share,
@@ -105,6 +168,7 @@ def analyze(run: str | Path | Run, *, checks: Iterable[str] | None = None) -> Au
         attribution={**attribution.details, "verdict": attribution.verdict, "data_share": attribution.data_share},
         run_summary=_summary(run),
         run=run,
+        thumbnails=thumbnails,
     )
 
 

@@ -23,10 +23,11 @@ def digits_with_noise(noise_rate: float = 0.2, seed: int = 0) -> tuple[np.ndarra
 def train_mlp(run_dir: str | Path | None, X: np.ndarray, y: np.ndarray, *, epochs: int = 3, batch_size: int = 32,
               lr: float = 1e-2, hidden: int = 32, depth: int = 1, seed: int = 0, loader_kwargs: dict | None = None,
               transform: Callable | None = None, watch: bool = True, clip: float | None = None,
-              **tracker_kwargs):
+              progress: bool | None = False, **tracker_kwargs):
     """Train an MLP with `depth` hidden layers on (X, y) with Adam, tracked into run_dir (untracked when None).
 
     transform(epoch, x) -> x, when given, is applied to each batch after the loader.
+    progress : a progress line of the epochs on stderr (True), only on a terminal (None), or none (False).
     Returns the trained model.
     """
     import torch
@@ -35,6 +36,7 @@ def train_mlp(run_dir: str | Path | None, X: np.ndarray, y: np.ndarray, *, epoch
     from torch.utils.data import DataLoader, TensorDataset
 
     import dataaudit
+    from dataaudit.progress import Progress
 
     torch.manual_seed(seed)
     ds = TensorDataset(torch.from_numpy(X), torch.from_numpy(y))
@@ -50,7 +52,9 @@ def train_mlp(run_dir: str | Path | None, X: np.ndarray, y: np.ndarray, *, epoch
         loader = tracker.wrap(loader)
         if watch:
             tracker.watch(opt, model=model)
+    bar = Progress(epochs, "training", enabled=progress, unit="epochs")
     for epoch in range(epochs):
+        bar.step(f"epoch {epoch}")
         for xb, yb in loader:
             if transform is not None:
                 xb = transform(epoch, xb)
@@ -65,12 +69,16 @@ def train_mlp(run_dir: str | Path | None, X: np.ndarray, y: np.ndarray, *, epoch
             opt.step()
     if tracker is not None:
         tracker.close()
+    bar.done(f"{epochs} epochs")
     return model
 
 
-def run_demo(out: str | Path = "reports", *, epochs: int = 30, noise_rate: float = 0.2, seed: int = 0):
+def run_demo(out: str | Path = "reports", *, epochs: int = 30, noise_rate: float = 0.2, seed: int = 0,
+             progress: bool | None = False):
     """Train on digits with `noise_rate` of the labels flipped, audit the run, write the report to `out`.
 
+    progress : progress lines for the training epochs and the checks on stderr (True), only on a terminal
+        (None), or none (False).
     Returns the Audit; the run itself is kept in `out/run`.
     """
     import shutil
@@ -82,8 +90,9 @@ def run_demo(out: str | Path = "reports", *, epochs: int = 30, noise_rate: float
     if run_dir.exists():
         shutil.rmtree(run_dir)
     X, y, flipped = digits_with_noise(noise_rate, seed)
-    train_mlp(run_dir, X, y, epochs=epochs, batch_size=64, lr=1e-3, hidden=128, depth=2, seed=seed)
-    audit = dataaudit.analyze(run_dir)
+    train_mlp(run_dir, X, y, epochs=epochs, batch_size=64, lr=1e-3, hidden=128, depth=2, seed=seed,
+              progress=progress)
+    audit = dataaudit.analyze(run_dir, progress=progress)
     audit.write_json(out / "audit.json")
     audit.write_html(out / "audit.html")
     (out / "planted_label_errors.txt").write_text("\n".join(map(str, flipped.tolist())) + "\n")

@@ -66,13 +66,19 @@ class Split:
     def complete_epochs(self) -> list[int]:
         return sorted(int(e) for e in self.coverage.loc[self.coverage["complete"], "epoch"])
 
-    def probs(self, epoch: int) -> tuple[np.ndarray, np.ndarray] | None:
-        """(sample_ids (m,), probabilities (m, classes)) recorded in `epoch`, or None if not stored."""
+    def probs(self, epoch: int, num_classes: int | None = None) -> tuple[np.ndarray, np.ndarray] | None:
+        """(sample_ids (m,), probabilities (m, classes)) recorded in `epoch`, or None if not stored.
+
+        Runs with more classes than the tracker's max_prob_classes store each sample's top-k classes only;
+        their probabilities are rebuilt (see `top_k_probs`) with `num_classes` columns.
+        """
         source = self.probs_source.get(epoch)
         if source is None:
             return None
         if isinstance(source, tuple):
             return source
+        if probs_kind(source) == "top-k":
+            return top_k_probs(source, num_classes)
         parts = [pq.read_table(path, columns=["sample_id", "probs", "recorded"]) for path in source]
         table = pa.concat_tables(parts)
         table = table.filter(table.column("recorded"))
@@ -239,7 +245,7 @@ def _load_split(name: str, info: dict, epochs: list[dict], files: dict) -> Split
                 reservoir[e] = (table.column("sample_id").to_numpy(),
                                 values.values.to_numpy().reshape(len(values), values.type.list_size))
     has_probs = {e: fs for e in numbers if (fs := files.get(("records", name, e)))
-                 and "probs" in pq.read_schema(fs[0]).names}
+                 and {"probs", "topk_probs"} & set(pq.read_schema(fs[0]).names)}
     size = info.get("dataset_size") if info.get("id_source", "index") == "index" else None
     shape = info.get("input_shape")
     return Split(name, records, coverage_table(draws, complete, size), draws=draws, features=features,
@@ -258,6 +264,40 @@ def _loss_above_entropy(records: pd.DataFrame) -> pd.DataFrame:
     if finite.any() and (loss[finite] >= entropy[finite] - 1e-3).mean() >= 0.99:
         records["loss"] = np.maximum(loss - entropy, 0.0).astype(np.float32)
     return records
+
+
+def probs_kind(source: Any) -> str | None:
+    """How an epoch's probabilities are stored: "full" (every class), "top-k" (the most probable classes
+    of each sample) or None."""
+    if source is None:
+        return None
+    if isinstance(source, tuple):
+        return "full"
+    names = set(pq.read_schema(source[0]).names)
+    return "full" if "probs" in names else "top-k" if "topk_probs" in names else None
+
+
+def top_k_probs(paths: list[Path], num_classes: int | None) -> tuple[np.ndarray, np.ndarray] | None:
+    """(sample_ids (m,), probabilities (m, num_classes) float32) rebuilt from the top-k columns of `paths`:
+    the stored classes get their probabilities, the others share what is left evenly (the model's mass
+    outside its top k is small and unknown in detail; spreading it keeps every row a distribution)."""
+    parts = [pq.read_table(path, columns=["sample_id", "topk_ids", "topk_probs", "recorded"]) for path in paths]
+    table = pa.concat_tables(parts)
+    table = table.filter(table.column("recorded"))
+    ids_col, p_col = table.column("topk_ids").combine_chunks(), table.column("topk_probs").combine_chunks()
+    if not len(ids_col):
+        return None
+    k = ids_col.type.list_size
+    top = ids_col.values.to_numpy(zero_copy_only=False).reshape(-1, k)
+    p = p_col.values.to_numpy(zero_copy_only=False).reshape(-1, k).astype(np.float32)
+    classes = int(num_classes) if num_classes else int(top.max()) + 1
+    rest = np.clip(1.0 - np.nansum(p, axis=1), 0.0, None) / max(classes - k, 1)
+    out = np.repeat(rest.astype(np.float32)[:, None], classes, axis=1)
+    valid = top >= 0
+    rows = np.repeat(np.arange(len(top)), k).reshape(-1, k)
+    out[rows[valid], top[valid]] = p[valid]
+    out[~valid.any(1)] = np.nan  # drawn with no logits recorded
+    return table.column("sample_id").to_numpy(), out
 
 
 def _read_records(paths: list[Path]) -> pa.Table:

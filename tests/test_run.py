@@ -41,3 +41,26 @@ def test_empty_run_loads(run_dir):
     assert len(run.records) == 0 and run.train.epochs == []
     audit = dataaudit.analyze(run_dir)
     assert audit.results["coverage"].status == "skipped"
+
+
+def test_top_k_probabilities_are_stored_and_rebuilt(tmp_path):
+    """Above max_prob_classes the records hold each sample's top-k classes; Split.probs rebuilds full rows."""
+    import pyarrow.parquet as pq
+
+    from dataaudit.run import load_run
+    from fixtures.training import blobs, train
+
+    X, y = blobs(n=200, d=8, k=12, seed=0)
+    train(tmp_path / "run", X, y, epochs=2, max_prob_classes=4, top_k_probs=3)
+    part = next((tmp_path / "run" / "records").rglob("*.parquet"))
+    names = pq.read_schema(part).names
+    assert {"topk_ids", "topk_probs"} <= set(names) and "probs" not in names
+    split = load_run(tmp_path / "run").train
+    ids, probs = split.probs(1, 12)
+    assert probs.shape == (len(ids), 12)
+    assert np.allclose(probs.sum(1), 1.0, atol=1e-4)
+    table = pq.read_table(part, columns=["topk_ids", "topk_probs"]).to_pydict()
+    top, p = np.array(table["topk_ids"][0]), np.array(table["topk_probs"][0])
+    assert (np.diff(p) <= 0).all()  # most probable first
+    first = split.probs(int(part.parent.parent.name.split("=")[1]), 12)[1][0]
+    assert np.allclose(first[top], p, atol=1e-6) and first.argmax() == top[0]

@@ -43,7 +43,7 @@ class Finding:
         if self.evidence:
             out["evidence"] = self.evidence
         if self.ids:
-            out["ids"] = list(self.ids[:100])
+            out["ids"] = list(self.ids)  # every one: tools act on the list, and the count alone hides which
             out["n_ids"] = len(self.ids)
         return out
 

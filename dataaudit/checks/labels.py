@@ -44,7 +44,7 @@ import numpy as np
 import pandas as pd
 
 from dataaudit.checks.base import CheckResult, Finding
-from dataaudit.run import Run, positions, unique_ids
+from dataaudit.run import Run, positions, probs_kind, unique_ids
 
 NAME = "labels"
 TASKS = ("classification", "binary")
@@ -64,6 +64,9 @@ _STRICT_CONSISTENCY = 0.9
 # A class whose samples the model predicts as their given label less often than this over the last third
 # of training is not fit: more than half of one class mislabeled is the per-class form of _MAX_NOISE.
 _MIN_RECALL = 0.5
+# Top-k probabilities are rebuilt as dense (n, k) float32 arrays (three of them live at once while averaging):
+# above this many cells (n x k) that is too much memory, and confident learning is left out, saying so.
+_MAX_DENSE_CELLS = 150_000_000
 
 
 @dataclass(frozen=True)
@@ -84,6 +87,8 @@ class Dynamics:
     pred: np.ndarray
     probs: Callable[[int], np.ndarray] | None
     epochs: list[int]
+    probs_kind: str | None = None  # "full", "top-k" or None (not stored)
+    probs_note: str | None = None  # why confident learning cannot run, when it cannot
 
 
 def check(run: Run) -> CheckResult:
@@ -160,11 +165,21 @@ def _dynamics(run: Run, epochs: list[int]) -> Dynamics:
     pred = np.full((len(ids), n_epochs), -1, np.int32)
     pred[index, col] = column("pred")
     del cell, index, col
-    probs = None
+    probs, kind, note = None, None, None
     k = run.num_classes
     if k is not None and all(e in run.train.probs_source for e in epochs):
-        probs = functools.partial(_epoch_probs, run.train, ids, epochs, k)
-    return Dynamics(ids, labels, margin, pred, probs, list(epochs))
+        kind = probs_kind(run.train.probs_source[epochs[0]])
+        if kind == "top-k" and len(ids) * k > _MAX_DENSE_CELLS:
+            kind, note = None, (f"confident learning was left out: rebuilding the stored top-k probabilities of "
+                                f"{len(ids):,} samples x {k:,} classes would take "
+                                f"{len(ids) * k * 12 / 1e9:.1f} GB")
+        else:
+            probs = functools.partial(_epoch_probs, run.train, ids, epochs, k)
+    elif k is not None and k > 2:
+        note = (f"confident learning was left out: the run stored no predicted probabilities for its {k} classes "
+                "(more than the tracker's max_prob_classes, and top_k_probs=0 or a run recorded before top-k "
+                "probabilities were stored); the labels were judged by the margin alone")
+    return Dynamics(ids, labels, margin, pred, probs, list(epochs), kind, note)
 
 
 def _usual_label(ids: np.ndarray, labels: np.ndarray, keep: np.ndarray) -> np.ndarray:
@@ -179,7 +194,7 @@ def _usual_label(ids: np.ndarray, labels: np.ndarray, keep: np.ndarray) -> np.nd
 
 def _epoch_probs(split, ids: np.ndarray, epochs: list[int], k: int, j: int) -> np.ndarray | None:
     """Probabilities (n, k) of `ids` in the j-th of `epochs`, NaN rows where not drawn; None if not stored."""
-    got = split.probs(epochs[j])
+    got = split.probs(epochs[j], k)
     if got is None:
         return None
     pid, p = got
@@ -201,7 +216,9 @@ def _compute_label_issues(d: Dynamics, k: int) -> CheckResult:
     try:
         end, pp, aum, n_issues = _best_window(d, first, ends, k)
     except _NoProbs:  # an epoch without stored probabilities: margins alone, as when none are stored
-        d = dataclasses.replace(d, probs=None)
+        d = dataclasses.replace(d, probs=None, probs_kind=None,
+                                probs_note="confident learning was left out: some epochs of the window have no "
+                                           "stored probabilities; the labels were judged by the margin alone")
         end, pp, aum, n_issues = _best_window(d, first, ends, k)
 
     prior_max = np.bincount(d.labels, minlength=k).max() / n
@@ -254,10 +271,15 @@ def _compute_label_issues(d: Dynamics, k: int) -> CheckResult:
         "model_agreement": round(agreement, 4),
         "lift_over_prior": round(float(lift), 4),
         "window": window,
-        "method": ("confident learning on probabilities averaged over the window, united with the lowest "
-                   "area under the margin (count: cleanlab's calibrated estimate)") if pp is not None else
+        "method": ("confident learning on probabilities averaged over the window"
+                   + (" (rebuilt from each sample's stored top-k classes)" if d.probs_kind == "top-k" else "")
+                   + ", united with the lowest area under the margin (count: cleanlab's calibrated estimate)")
+        if pp is not None else
                   "area under the margin over the window below zero (probabilities not stored)",
+        "probabilities": d.probs_kind if pp is not None else "none",
     }
+    if pp is None and d.probs_note:
+        details["note"] = d.probs_note
     per_sample = pd.DataFrame({
         "sample_id": d.ids, "label": d.labels, "suggested_label": suggested, "label_quality": quality,
         "aum": aum, "flagged": flagged,
@@ -276,6 +298,12 @@ def _compute_label_issues(d: Dynamics, k: int) -> CheckResult:
             remedy="A model that cannot fit whole classes needs capacity or training (unfreeze layers, a larger "
                    "model or feature size, a longer or better schedule), not relabelling; audit the labels again then.",
             evidence={"unfit_classes": unfit.tolist(), "not_judged": int(in_unfit.sum())}))
+    if pp is None and d.probs_note:
+        findings.append(Finding(
+            NAME, "info", d.probs_note[0].upper() + d.probs_note[1:] + ".",
+            remedy="Track with Tracker(top_k_probs=8) (the default) or a larger max_prob_classes to store what "
+                   "confident learning needs.",
+            evidence={"num_classes": k, "samples": n}))
     if not weak and not settled:
         findings.append(Finding(
             NAME, "info",

@@ -1,4 +1,5 @@
-"""Render an Audit to one self-contained HTML page: inline SVG plots, no scripts, no network.
+"""Render an Audit to one self-contained HTML page: inline SVG plots, one small inline script (the flagged
+samples' sortable, searchable table), no network.
 
 The page reads top-down as a practitioner asks: what holds the loss up and how sure is it, the loss
 curve, what was found and what to do, which samples, then the per-class, coverage, drift and
@@ -6,14 +7,13 @@ optimizer evidence. It never recomputes a check: it reads `audit.results` and dr
 """
 from __future__ import annotations
 
-import json
 import re
 from typing import TYPE_CHECKING, Any
 
 import jinja2
 from markupsafe import Markup
 
-from dataaudit.report import figures, plots
+from dataaudit.report import figures, plots, tables
 
 if TYPE_CHECKING:
     from dataaudit.audit import Audit
@@ -24,7 +24,6 @@ _ENV = jinja2.Environment(
     trim_blocks=True,
     lstrip_blocks=True,
 )
-_MAX_VALUE_CHARS = 160  # an evidence value longer than this is cut: the JSON holds it whole
 _MAX_TABLE_ROWS = 200  # coverage and drift tables; the plots above them show every epoch
 _BASE64 = re.compile(r"[A-Za-z0-9+/]+={0,2}")
 
@@ -39,6 +38,8 @@ def render_html(audit: Audit) -> str:
 
     losses = figures.loss_by_epoch(run, flagged)
     one_epoch = len(losses) == 1
+    scan = is_scan(audit)
+    unit = loss_unit(audit)
     coverage = figures.coverage_rows(audit)
     drift = figures.drift_rows(audit)
     drift_result = audit.results.get("drift")
@@ -47,9 +48,9 @@ def render_html(audit: Audit) -> str:
     if (labels is None or labels.status == "skipped") and targets is not None and targets.status != "skipped":
         labels = targets  # regression: its flagged samples stand where label issues do
     plots_svg = {
-        "loss": (plots.loss_histogram(figures.loss_histogram(run, flagged)) if one_epoch else
-                 plots.loss_curve(losses, onset=onset, plateau_epochs=plateau_epochs)),
-        "classes": plots.class_curves(figures.loss_by_class(run), onset=onset),
+        "loss": (plots.loss_histogram(figures.loss_histogram(run, flagged), unit=unit) if one_epoch else
+                 plots.loss_curve(losses, onset=onset, plateau_epochs=plateau_epochs, unit=unit)),
+        "classes": plots.class_curves(figures.loss_by_class(run), onset=onset, unit=unit),
         "coverage": plots.coverage_plot(coverage),
         "drift": plots.drift_plot(drift, alpha=drift_result.details.get("alpha") if drift_result else None),
         "optimizer": plots.optimizer_plot(figures.optimizer_series(run), onset=onset),
@@ -58,10 +59,16 @@ def render_html(audit: Audit) -> str:
         "audit": data,
         "headline": headline(audit),
         "evidence": _evidence(audit),
-        "method": attribution.get("method"),
+        # a scan's method is its formula: the words speak of plateau epochs a scan does not have
+        "method": None if scan and tables.method_formula(attribution, audit.data_share) else attribution.get("method"),
+        "formula": tables.method_formula(attribution, audit.data_share, scan=scan),
+        "scan": scan,
+        "loss_unit": unit,
+        "flagged_json": (tables.flagged_json(tables.flagged_frame(audit), _valid_thumbnails(audit.thumbnails),
+                                             scan=scan) if audit.label_issues else None),
         "one_epoch": one_epoch,
         "loss_table": _loss_summary(losses),
-        "findings": [_finding(f) for f in audit.findings],
+        "findings": [_finding(f, scan=scan) for f in audit.findings],
         "samples": _with_thumbnails(figures.suspicious_samples(audit), audit.thumbnails),
         "n_label_issues": len(audit.label_issues),
         "labels_method": labels.details.get("method") if labels is not None else None,
@@ -84,7 +91,7 @@ def headline(audit: Audit) -> str:
     share = _pct(audit.data_share)
     interval = a.get("interval")
     ci = f" (90% interval {_span_pct(interval)})" if _is_interval(interval) else ""
-    span = _span(a.get("plateau_epochs"), audit.plateau)
+    span = "loss of the scanned samples" if is_scan(audit) else _span(a.get("plateau_epochs"), audit.plateau)
     cause = _data_cause(audit)
     signals = ", ".join(str(s).replace("_", " ") for s in a.get("optimizer_signals") or [])
     if audit.verdict == "data":
@@ -103,6 +110,18 @@ def headline(audit: Audit) -> str:
         return "Nothing to judge: the run recorded no training samples."
     return ("Nothing holds the loss up: no plateau and no data fault at warning level or above "
             f"(data share {share}).")
+
+
+def is_scan(audit: Audit) -> bool:
+    """Whether the audit is of a scan (one pass of a model over a dataset), not of a tracked training run."""
+    return audit.run is not None and audit.run.meta.get("source") == "scan"
+
+
+def loss_unit(audit: Audit) -> str:
+    """The unit of the recorded loss: nats for classification (cross-entropy), "" when unknown (regression)."""
+    task = audit.run.meta.get("task") if audit.run is not None else None
+    kind = task.get("kind") if isinstance(task, dict) else task
+    return "nats" if kind in (None, "classification", "binary", "multiclass", "soft") else ""
 
 
 def _data_cause(audit: Audit) -> str:
@@ -126,6 +145,7 @@ def _span(epochs: list[int] | None, plateau: dict[str, Any]) -> str:
 def _evidence(audit: Audit) -> list[tuple[str, str]]:
     """The numbers behind the verdict, as (what, value) pairs."""
     a = audit.attribution or {}
+    scan = is_scan(audit)
     rows = [("verdict", audit.verdict), ("data share", _pct(audit.data_share))]
     if _is_interval(a.get("interval")):
         rows.append(("90% interval", _span_pct(a["interval"])))
@@ -137,6 +157,11 @@ def _evidence(audit: Audit) -> list[tuple[str, str]]:
              ("minority_excess", "minority classes' excess loss"), ("drift_rise", "loss rise after the drift"),
              ("removable_threshold", "removable below this: nothing"),
              ("optimizer_signals", "optimizer signals"), ("optimizer_implicated", "optimizer implicated"))
+    if scan:  # one pass over a dataset: no epochs, no plateau
+        named = tuple((k, "mean loss of the samples" if k == "plateau_loss" else label) for k, label in named
+                      if k not in ("plateau_epochs", "first_epoch_loss", "removable_threshold"))
+    shown = {k for k, _ in named} | {"method", "formula", "verdict", "data_share", "interval", "plateau_epochs",
+                                     "first_epoch_loss"}
     for key, label in named:
         if key in a:
             value = a[key]
@@ -145,24 +170,34 @@ def _evidence(audit: Audit) -> list[tuple[str, str]]:
             elif key == "plateau_epochs" and isinstance(value, list | tuple) and len(value) == 2:
                 value = f"{value[0]}–{value[1]}" if value[0] != value[1] else str(value[0])
             rows.append((label, _value(value)))
+    for key, value in a.items():  # what an attribution adds beyond the keys named above, by its own name
+        if key not in shown and not isinstance(value, dict | list):
+            rows.append((str(key).replace("_", " "), _value(value)))
     return rows
+
+
+def _valid_thumbnails(thumbnails: dict[int, str]) -> dict[int, str]:
+    """The thumbnails that are plain base64 (anything else could break out of its attribute)."""
+    return {int(i): t for i, t in (thumbnails or {}).items()
+            if isinstance(t, str) and _BASE64.fullmatch(t) is not None}
 
 
 def _with_thumbnails(samples: list[dict[str, Any]], thumbnails: dict[int, str]) -> list[dict[str, Any]]:
     """Each row with `thumbnail` (base64 PNG, or None); a string that is not plain base64 is dropped."""
     if not thumbnails:
         return samples
-    out = []
-    for s in samples:
-        text = thumbnails.get(int(s["sample_id"]))
-        ok = isinstance(text, str) and _BASE64.fullmatch(text) is not None
-        out.append({**s, "thumbnail": text if ok else None})
-    return out
+    valid = _valid_thumbnails(thumbnails)
+    return [{**s, "thumbnail": valid.get(int(s["sample_id"]))} for s in samples]
 
 
-def _finding(f) -> dict[str, Any]:
+# evidence about epochs, which a scan (one pass over a dataset) does not have
+_EPOCH_EVIDENCE = ("window", "epochs", "late_epochs", "epoch")
+
+
+def _finding(f, *, scan: bool = False) -> dict[str, Any]:
+    evidence = {k: v for k, v in (f.evidence or {}).items() if not (scan and k in _EPOCH_EVIDENCE)}
     return {"check": f.check, "severity": f.severity, "summary": f.summary, "remedy": f.remedy,
-            "evidence": [(str(k), _value(v)) for k, v in (f.evidence or {}).items()],
+            "evidence": tables.evidence_table(evidence) if evidence else None,
             "ids": [str(i) for i in f.ids[:20]], "n_ids": len(f.ids)}
 
 
@@ -209,5 +244,5 @@ def _value(v: Any) -> str:
     elif isinstance(v, list | tuple) and not v:
         text = "none"
     else:
-        text = json.dumps(v, ensure_ascii=False, default=str)
-    return text if len(text) <= _MAX_VALUE_CHARS else text[:_MAX_VALUE_CHARS - 1] + "…"
+        text = tables._compact(v)  # cut between items, never inside a number or a name
+    return text

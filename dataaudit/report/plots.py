@@ -34,6 +34,40 @@ def _figure(ncols: int = 1, *, width: float = WIDTH, height: float = HEIGHT):
             plt.close(fig)
 
 
+def _axes(ax, xlabel: str, ylabel: str, *, epochs: bool = False) -> None:
+    """Label both axes, marked for the page (class "axis-label x" / "axis-label y" in the SVG, see `_svg`),
+    and keep epoch ticks on whole numbers."""
+    ax.set_xlabel(xlabel, gid=f"axis-xlabel-{id(ax)}")
+    ax.set_ylabel(ylabel, gid=f"axis-ylabel-{id(ax)}")
+    if epochs:
+        from matplotlib.ticker import MaxNLocator
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
+
+
+def _series(ax, x: np.ndarray, series: list[tuple[str, np.ndarray, str]], **style) -> None:
+    """Draw (label, values, color) lines so that none hides another: a line equal to one drawn before is drawn
+    dashed with open markers over it and says so in its label."""
+    drawn: list[tuple[str, np.ndarray]] = []
+    for label, values, color in series:
+        values = np.asarray(values, dtype=float)
+        same = next((name for name, v in drawn if len(v) == len(values)
+                     and np.allclose(v, values, equal_nan=True, rtol=1e-6, atol=1e-12)), None)
+        if same is None:
+            ax.plot(x, values, color=color, label=label, **style)
+        else:
+            kw = {**style, "ls": (0, (4, 3)), "marker": "s", "mfc": "none", "ms": style.get("ms", 3) + 2.5}
+            ax.plot(x, values, color=color, label=f"{label} (same as {same})", **kw)
+        drawn.append((label, values))
+
+
+def _lift_off_zero(ax, values: list[np.ndarray]) -> None:
+    """Leave room below zero so that a series at 0 shows above the x axis instead of on it."""
+    finite = np.concatenate([np.asarray(v, dtype=float)[np.isfinite(np.asarray(v, dtype=float))] for v in values])
+    top = float(finite.max()) if len(finite) else 1.0
+    top = top if top > 0 else 1.0
+    ax.set_ylim(-0.06 * top, 1.08 * top)
+
+
 def _svg(fig) -> str:
     """The figure as an inline <svg> element (no XML prolog, no DOCTYPE, no fixed pixel size)."""
     fig.tight_layout()
@@ -43,6 +77,8 @@ def _svg(fig) -> str:
     text = text[text.index("<svg"):]
     # the RDF block only names the format, and its namespace URLs would read as links
     text = re.sub(r"\s*<metadata>.*?</metadata>", "", text, count=1, flags=re.S)
+    # the axis labels' groups become classes the page (and its browser test) can find
+    text = re.sub(r'<g id="axis-([xy])label-\d+"', r'<g class="axis-label \1"', text)
     css = "plot wide" if fig.get_figwidth() > WIDTH + 1 else "plot"
     # scale with the page: keep the viewBox, drop the fixed width and height
     return re.sub(r'<svg([^>]*?) width="[^"]*" height="[^"]*"', rf'<svg\1 class="{css}"', text, count=1)
@@ -53,12 +89,15 @@ def _mark_onset(ax, onset: int | None, plateau_epochs: list[int] | None) -> None
         ax.axvspan(plateau_epochs[0], plateau_epochs[1], color=ONSET, alpha=0.08, lw=0)
     if onset is not None:
         ax.axvline(onset, color=ONSET, ls="--", lw=1)
-        ax.annotate(f"plateau from epoch {onset}", (onset, 0), xycoords=("data", "axes fraction"),
-                    xytext=(3, 4), textcoords="offset points", color=ONSET, fontsize=7)
+        # at the top of the axes, where the curves (falling losses) rarely are
+        ax.annotate(f"plateau from epoch {onset}", (onset, 1), xycoords=("data", "axes fraction"),
+                    xytext=(3, -9), textcoords="offset points", color=ONSET, fontsize=7)
 
 
-def loss_curve(table: pd.DataFrame, *, onset: int | None, plateau_epochs: list[int] | None) -> str | None:
-    """Mean loss per epoch: all samples, clean and flagged apart, val when present."""
+def loss_curve(table: pd.DataFrame, *, onset: int | None, plateau_epochs: list[int] | None,
+               unit: str = "nats") -> str | None:
+    """Mean loss per epoch: all samples, clean and flagged apart, val when present. `unit`: of the loss
+    ("nats" for cross-entropy; "" when unknown)."""
     if table.empty:
         return None
     x = table.index.to_numpy(dtype=float)
@@ -73,13 +112,12 @@ def loss_curve(table: pd.DataFrame, *, onset: int | None, plateau_epochs: list[i
         if table["val"].notna().any():
             ax.plot(x, table["val"], color=VAL, lw=1, ls="--", label="val")
         _mark_onset(ax, onset, plateau_epochs)
-        ax.set_xlabel("epoch")
-        ax.set_ylabel("mean loss")
+        _axes(ax, "epoch", _loss_label("mean loss", unit), epochs=True)
         _legend_above(ax)
         return _svg(fig)
 
 
-def loss_histogram(hist: dict[str, np.ndarray] | None) -> str | None:
+def loss_histogram(hist: dict[str, np.ndarray] | None, *, unit: str = "nats") -> str | None:
     """Per-sample loss of one epoch, clean and flagged apart (what a one-epoch run has instead of a curve)."""
     if hist is None:
         return None
@@ -89,13 +127,12 @@ def loss_histogram(hist: dict[str, np.ndarray] | None) -> str | None:
         if hist["flagged"].any():
             ax.stairs(hist["flagged"], edges, fill=True, color=FLAGGED, alpha=0.6, label="flagged")
         ax.set_yscale("symlog", linthresh=1)
-        ax.set_xlabel("per-sample loss")
-        ax.set_ylabel("samples")
+        _axes(ax, _loss_label("per-sample loss", unit), "samples (log scale)")
         _legend_above(ax)
         return _svg(fig)
 
 
-def class_curves(table: pd.DataFrame, *, onset: int | None) -> str | None:
+def class_curves(table: pd.DataFrame, *, onset: int | None, unit: str = "nats") -> str | None:
     """Mean loss per epoch of each class (one line per class), or bars for a one-epoch run."""
     if table.empty:
         return None
@@ -103,7 +140,7 @@ def class_curves(table: pd.DataFrame, *, onset: int | None) -> str | None:
         labels = [str(c) for c in table.columns]
         if len(table) == 1:
             ax.bar(labels, table.iloc[0].to_numpy(dtype=float), color=CLEAN)
-            ax.set_xlabel("class (given label)")
+            _axes(ax, "class (given label)", _loss_label("mean loss", unit))
         else:
             x = table.index.to_numpy(dtype=float)
             cmap = _colors(len(labels))
@@ -111,10 +148,9 @@ def class_curves(table: pd.DataFrame, *, onset: int | None) -> str | None:
                 ax.plot(x, table[column], color=color, lw=1.1, label=label)
             if onset is not None:
                 ax.axvline(onset, color=ONSET, ls="--", lw=1)
-            ax.set_xlabel("epoch")
+            _axes(ax, "epoch", _loss_label("mean loss", unit), epochs=True)
             ax.legend(title="class", loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False,
                       ncol=1 if len(labels) <= 5 else 2, handlelength=1.2, columnspacing=0.8)
-        ax.set_ylabel("mean loss")
         return _svg(fig)
 
 
@@ -125,12 +161,11 @@ def coverage_plot(rows: list[dict[str, Any]]) -> str | None:
     table = pd.DataFrame(rows).set_index("epoch").sort_index()
     x = table.index.to_numpy(dtype=float)
     with _figure(height=2.0) as (fig, (ax,)):
-        ax.plot(x, table["unique"], color=CLEAN, label="unique")
-        ax.plot(x, table["missing"], color=FLAGGED, label="missing")
-        ax.plot(x, table["duplicates"], color=ONSET, label="duplicates")
-        ax.set_xlabel("epoch")
-        ax.set_ylabel("samples")
-        ax.set_ylim(bottom=0)
+        series = [("unique", table["unique"], CLEAN), ("missing", table["missing"], FLAGGED),
+                  ("duplicates", table["duplicates"], ONSET)]
+        _series(ax, x, series, marker="o", ms=2.5)
+        _lift_off_zero(ax, [v for _, v, _ in series])
+        _axes(ax, "epoch", "samples", epochs=True)
         _legend_above(ax)
         return _svg(fig)
 
@@ -142,13 +177,14 @@ def drift_plot(rows: list[dict[str, Any]], *, alpha: float | None) -> str | None
     table = pd.DataFrame(rows).set_index("epoch").sort_index()
     x = table.index.to_numpy(dtype=float)
     with _figure(2, width=9.6) as (fig, (left, right)):
-        drawn, lowest = False, 1.0
+        lowest, series = 1.0, []
         for column, color, label in (("p_value", CLEAN, "inputs"), ("label_p_value", VAL, "labels")):
             if column in table and table[column].notna().any():
                 p = table[column].astype(float).clip(lower=1e-16)
-                left.plot(x, p, color=color, marker="o", ms=2, label=label)
-                drawn, lowest = True, min(lowest, float(p.min()))
-        if drawn:
+                series.append((label, p.to_numpy(), color))
+                lowest = min(lowest, float(p.min()))
+        _series(left, x, series, marker="o", ms=2)
+        if series:
             left.set_yscale("log")
             # a fixed, decade-wide range: all-equal p-values would otherwise make a degenerate axis
             left.set_ylim(min(1e-4, lowest / 10), 2.0)
@@ -156,15 +192,17 @@ def drift_plot(rows: list[dict[str, Any]], *, alpha: float | None) -> str | None
                 left.axhline(alpha, color=FLAGGED, ls="--", lw=1, label=f"alpha {alpha:g}")
             left.legend(loc="lower left", frameon=False)
         left.set_title("p-value vs the reference epoch")
-        left.set_xlabel("epoch")
-        for column, color, label in (("changed_share", CLEAN, "inputs changed"),
-                                     ("label_changed_share", VAL, "labels changed")):
-            if column in table and table[column].notna().any():
-                right.plot(x, table[column].astype(float), color=color, marker="o", ms=2, label=label)
-        right.set_ylim(-0.02, 1.02)
+        _axes(left, "epoch", "p-value (log scale)", epochs=True)
+        series = [(label, table[column].astype(float).to_numpy(), color)
+                  for column, color, label in (("changed_share", CLEAN, "inputs changed"),
+                                               ("label_changed_share", VAL, "labels changed"))
+                  if column in table and table[column].notna().any()]
+        _series(right, x, series, marker="o", ms=2)
+        right.set_ylim(-0.06, 1.04)  # a share of 0 shows above the axis, not on it
         right.set_title("share of samples changed from the epoch before")
-        right.set_xlabel("epoch")
-        right.legend(loc="upper left", frameon=False)
+        _axes(right, "epoch", "share of samples", epochs=True)
+        if series:
+            right.legend(loc="upper left", frameon=False)
         return _svg(fig)
 
 
@@ -173,6 +211,7 @@ def optimizer_plot(table: pd.DataFrame, *, onset: int | None) -> str | None:
     if table.empty:
         return None
     titles = {"lr": "learning rate", "grad_norm": "gradient norm", "update_ratio": "update / weight"}
+    ylabels = {"lr": "learning rate", "grad_norm": "gradient L2 norm", "update_ratio": "‖update‖ / ‖weight‖"}
     columns = list(table.columns)
     with _figure(len(columns), width=3.2 * len(columns)) as (fig, axes):
         x = table.index.to_numpy(dtype=float)
@@ -188,8 +227,13 @@ def optimizer_plot(table: pd.DataFrame, *, onset: int | None) -> str | None:
             if onset is not None:
                 ax.axvline(onset, color=ONSET, ls="--", lw=1)
             ax.set_title(titles.get(column, column))
-            ax.set_xlabel("epoch")
+            scale = " (log scale)" if ax.get_yscale() == "log" else ""
+            _axes(ax, "epoch", ylabels.get(column, column) + scale, epochs=True)
         return _svg(fig)
+
+
+def _loss_label(what: str, unit: str) -> str:
+    return f"{what} ({unit})" if unit else what
 
 
 def _legend_above(ax) -> None:

@@ -27,7 +27,7 @@ __all__ = ["SCAN_CHECKS", "Dataset", "ScanInputError", "flagged_table", "load_da
 def scan(dataset_dir: str | Path, *, model: Any = None, pred_probs: str | Path | np.ndarray | None = None,
          run: str | Path | None = None, arch: str | None = None, trust_pickle: bool = False, device: str = "cpu",
          label_col: str = "label", batch_size: int = 256,
-         log: Callable[[str], None] | None = None):
+         log: Callable[[str], None] | None = None, progress: bool | None = False):
     """Audit the dataset in `dataset_dir`; returns an `Audit`.
 
     model : a checkpoint path (see `checkpoint.load_model`) or an nn.Module: its penultimate-layer
@@ -38,8 +38,22 @@ def scan(dataset_dir: str | Path, *, model: Any = None, pred_probs: str | Path |
         check) is the result; the scan's labels result is added as `scan_labels`, or replaces the run's
         `labels` when that was skipped (no logits recorded).
     log : called with one line per warning and progress step.
+    progress : progress lines on stderr for each phase (loading, forward passes, cross-validation folds, checks,
+        neighbours) with the time spent and left: True, None (only on a terminal) or False.
     Raises ScanInputError on bad input (one line naming the file or option).
     """
+    from dataaudit.progress import Progress
+
+    bar = Progress(None, "scan", enabled=progress)
+    try:
+        return _scan(dataset_dir, model=model, pred_probs=pred_probs, run=run, arch=arch, trust_pickle=trust_pickle,
+                     device=device, label_col=label_col, batch_size=batch_size, log=log, bar=bar)
+    except BaseException:
+        bar.clear()  # an error message starts on a clean line
+        raise
+
+
+def _scan(dataset_dir, *, model, pred_probs, run, arch, trust_pickle, device, label_col, batch_size, log, bar):
     from dataaudit.audit import analyze
     from dataaudit.run import Run
 
@@ -47,7 +61,10 @@ def scan(dataset_dir: str | Path, *, model: Any = None, pred_probs: str | Path |
     say = _HeldLog(log or (lambda _line: None))
     if (model is None) == (pred_probs is None):
         raise ScanInputError("scan needs exactly one of --model CKPT or --pred-probs FILE.npy")
+    if run is not None:
+        bar.step(f"reading the run {run}")
     tracked = _load_tracked(run) if run is not None else None
+    bar.step(f"loading {dataset_dir}")
     data = load_dataset(dataset_dir, label_col=label_col)
     notes = list(data.warnings)
     for line in data.warnings:
@@ -62,7 +79,7 @@ def scan(dataset_dir: str | Path, *, model: Any = None, pred_probs: str | Path |
         source = {"pred_probs": str(pred_probs) if isinstance(pred_probs, (str, Path)) else "array"}
     else:
         probs, warned, embeddings = _model_probs(data, model, arch=arch, trust_pickle=trust_pickle,
-                                                 device=device, batch_size=batch_size, say=say)
+                                                 device=device, batch_size=batch_size, say=say, bar=bar)
         source = {"model": str(model) if isinstance(model, (str, Path)) else type(model).__name__}
     if data.class_names is not None and probs.shape[1] != len(data.class_names):
         raise ScanInputError(f"{source.get('pred_probs') or source.get('model')}: gives {probs.shape[1]} classes; "
@@ -75,8 +92,9 @@ def scan(dataset_dir: str | Path, *, model: Any = None, pred_probs: str | Path |
             "sample_files": data.files}
     scan_run = Run.from_arrays(data.labels, probs, features=data.features, meta=meta)
     say("running the checks: " + ", ".join(SCAN_CHECKS))
-    audit = analyze(scan_run, checks=SCAN_CHECKS)
-    neighbors = _neighbors(data, embeddings, say)
+    bar.clear()
+    audit = analyze(scan_run, checks=SCAN_CHECKS, progress=bar.enabled)
+    neighbors = _neighbors(data, embeddings, say, bar)
     if neighbors is not None and neighbors.findings:  # a result only where it adds evidence
         audit = dataclasses.replace(audit, results={**audit.results, "neighbors": neighbors})
     summary = {"dataset": str(data.path), "format": data.kind, "samples": int(len(data.labels)),
@@ -86,53 +104,36 @@ def scan(dataset_dir: str | Path, *, model: Any = None, pred_probs: str | Path |
     if run is None:
         audit = dataclasses.replace(audit, run_summary={**audit.run_summary, "scan": summary})
     else:
-        audit = _merge(tracked, audit, summary, say)
+        audit = _merge(tracked, audit, summary, say, bar)
     if data.kind == "images":
         audit = dataclasses.replace(audit, thumbnails=_thumbnails(data, audit.label_issues))
     return audit
 
 
 def _thumbnails(data: Dataset, ids, *, size: int = 32) -> dict[int, str]:
-    """sample id -> base64 PNG (size x size, aspect kept, padded) of the report's most suspicious images.
+    """sample id -> base64 PNG (size x size, aspect kept, padded) of the report's flagged images (the first
+    `thumbnails.MAX_THUMBNAILS`: the page stays small). An image that cannot be read again is left out."""
+    from dataaudit.thumbnails import MAX_THUMBNAILS, folder_thumbnails
 
-    Only the rows the report shows (figures.TOP_SAMPLES): the page stays small. An image that cannot be
-    read again is left out; its row shows no thumbnail.
-    """
-    import base64
-    import io
-
-    from PIL import Image
-
-    from dataaudit.report.figures import TOP_SAMPLES
-
-    out = {}
-    for i in list(ids)[:TOP_SAMPLES]:
-        i = int(i)
-        if data.files is None or not 0 <= i < len(data.files):
-            continue
-        try:
-            with Image.open(data.path / data.files[i]) as im:
-                im = im.convert("RGB")
-                im.thumbnail((size, size))
-                canvas = Image.new("RGB", (size, size), (255, 255, 255))
-                canvas.paste(im, ((size - im.width) // 2, (size - im.height) // 2))
-        except Exception:  # removed or corrupted since loading: no thumbnail, the report still renders
-            continue
-        buffer = io.BytesIO()
-        canvas.save(buffer, format="PNG", optimize=True)
-        out[i] = base64.b64encode(buffer.getvalue()).decode("ascii")
-    return out
+    if data.files is None:
+        return {}
+    return folder_thumbnails(data.path, data.files, list(ids)[:MAX_THUMBNAILS], size=size)
 
 
-def _neighbors(data: Dataset, embeddings: np.ndarray | None, say):
+def _neighbors(data: Dataset, embeddings: np.ndarray | None, say, bar):
     """The `neighbors` result on the embeddings, else the features; None when there are neither."""
+    from dataaudit.progress import Progress
     from dataaudit.scan.neighbors import neighbors_result
 
     X, source = (embeddings, "embeddings") if embeddings is not None else (data.features, "features")
     if X is None:
         return None
     say(f"near-duplicates and outliers on the {source}")
-    return neighbors_result(X, data.labels, source=source)
+    step = Progress(1, "scan", enabled=bar.enabled)
+    step.step(f"near-duplicates and outliers among {len(X):,} samples on the {source}")
+    result = neighbors_result(X, data.labels, source=source)
+    step.done("near-duplicates and outliers")
+    return result
 
 
 class _HeldLog:
@@ -158,8 +159,9 @@ def _named_classes(data: Dataset) -> int | None:
 
 
 def _model_probs(data: Dataset, model, *, arch, trust_pickle, device, batch_size,
-                 say) -> tuple[np.ndarray, list[str], np.ndarray]:
+                 say, bar) -> tuple[np.ndarray, list[str], np.ndarray]:
     """(out-of-sample probabilities (n, k), warnings, embeddings (n, d)) from the model."""
+    from dataaudit.progress import Progress
     from dataaudit.scan.checkpoint import load_model
     from dataaudit.scan.predict import cross_val_probs, predict
 
@@ -169,6 +171,7 @@ def _model_probs(data: Dataset, model, *, arch, trust_pickle, device, batch_size
     name = str(model) if isinstance(model, (str, Path)) else "the model"
     if isinstance(model, (str, Path)):
         say(f"loading the model from {model}")
+        bar.step(f"loading the model from {model}")
         model = load_model(model, arch=arch, trust_pickle=trust_pickle, device=device)
     try:
         first, _ = predict(model, data.features[:2], device=device)  # do these inputs fit the model at all?
@@ -185,14 +188,26 @@ def _model_probs(data: Dataset, model, *, arch, trust_pickle, device, batch_size
                              f"({', '.join(data.class_names[:5])}...)")
     say.release()
     say(f"forward passes over {len(data.labels)} samples on {device}")
-    logits, embeddings = predict(model, data.features, batch_size=batch_size, device=device, progress=say)
+    bar.clear()
+    passes = Progress(len(data.labels), "scan: forward passes", enabled=bar.enabled, unit="samples")
+    logits, embeddings = predict(model, data.features, batch_size=batch_size, device=device, progress=say,
+                                 on_batch=lambda done, _n: passes.update(done))
+    passes.done(f"{len(data.labels):,} samples")
     warned = []
     if embeddings is None:
         warned.append("no penultimate layer found (not a Sequential or a module with a final Linear): "
                       "cross-validating on the model's logits instead of its embeddings")
         embeddings = logits
     say(f"5-fold cross-validated logistic regression on {embeddings.shape[1]}-dimensional embeddings")
-    return cross_val_probs(embeddings, data.labels, num_classes=k), warned, embeddings
+    folds = Progress(None, "scan: cross-validated logistic regression", enabled=bar.enabled, unit="folds")
+
+    def on_fold(fold: int, total: int) -> None:
+        folds.total = total
+        folds.update(fold, f"fitting fold {fold + 1}")
+
+    probs = cross_val_probs(embeddings, data.labels, num_classes=k, on_fold=on_fold)
+    folds.done(f"{folds.total} folds")
+    return probs, warned, embeddings
 
 
 def _load_tracked(run_dir: str | Path):
@@ -205,13 +220,13 @@ def _load_tracked(run_dir: str | Path):
         raise ScanInputError(f"--run {run_dir}: {e}") from None
 
 
-def _merge(tracked, scan_audit, summary: dict, say):
+def _merge(tracked, scan_audit, summary: dict, say, bar):
     """The tracked run's audit (every check), with the scan's labels result added (or filling in for it)."""
     from dataaudit.attribution import attribute
     from dataaudit.audit import Audit, analyze
 
     say(f"analyzing the tracked run {tracked.path}")
-    run_audit = analyze(tracked)
+    run_audit = analyze(tracked, progress=bar.enabled)
     results = dict(run_audit.results)
     scanned = scan_audit.results["labels"]
     if "neighbors" in scan_audit.results:
@@ -234,13 +249,15 @@ def _merge(tracked, scan_audit, summary: dict, say):
 
 
 def flagged_table(audit):
-    """The scan's suspected label errors, most suspicious first, as a DataFrame.
+    """The suspected label errors, most suspicious first, as a DataFrame (what flagged.csv holds).
 
-    Columns: sample_id, given_label, suggested_label, label_quality; given_class and suggested_class when
-    the classes have names; file for image folders. For a regression run, the samples the targets check
+    Kept for existing callers: the rows of `audit.issues()` flagged as label issues (see
+    `dataaudit.issues.flagged_rows`). Columns: sample_id, given_label, suggested_label, label_quality;
+    given_class and suggested_class when the classes have names; file for image folders; then the other
+    per-sample columns of `audit.issues()`. For a regression run, the samples the targets check
     flagged: sample_id, loss, residual.
     """
-    import pandas as pd
+    from dataaudit.issues import flagged_rows
 
     result = audit.results.get("scan_labels") or audit.results.get("labels")
     targets = audit.results.get("targets")
@@ -250,21 +267,4 @@ def flagged_table(audit):
         ids = [i for i in targets.details.get("label_issues", []) if i in table.index]
         return pd.DataFrame({"sample_id": ids, "loss": table.loc[ids, "loss"].to_numpy().round(6),
                              "residual": table.loc[ids, "residual"].to_numpy().round(4)})
-    columns = ["sample_id", "given_label", "suggested_label", "label_quality"]
-    if result is None or result.per_sample is None or "label_issues" not in result.details:
-        return pd.DataFrame(columns=columns)
-    table = result.per_sample.set_index("sample_id")
-    ids = [i for i in result.details["label_issues"] if i in table.index]
-    rows = table.loc[ids]
-    out = pd.DataFrame({"sample_id": ids, "given_label": rows["label"].to_numpy(),
-                        "suggested_label": rows["suggested_label"].to_numpy(),
-                        "label_quality": rows["label_quality"].to_numpy().round(6)})
-    scan = audit.run_summary.get("scan", {})
-    names = scan.get("class_names")
-    if names:
-        out["given_class"] = [names[i] for i in out["given_label"]]
-        out["suggested_class"] = [names[i] if 0 <= i < len(names) else "" for i in out["suggested_label"]]
-    files = audit.run.meta.get("sample_files") if audit.run is not None else None
-    if files:
-        out["file"] = [files[i] if 0 <= i < len(files) else "" for i in out["sample_id"]]
-    return out
+    return flagged_rows(audit)

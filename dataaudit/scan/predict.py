@@ -16,8 +16,12 @@ _MAX_EMBEDDING_DIM = 256
 
 
 def predict(model, X: np.ndarray, *, batch_size: int = 256, device: str = "cpu",
-            progress: Callable[[str], None] | None = None) -> tuple[np.ndarray, np.ndarray | None]:
-    """Logits (n, k) and penultimate-layer embeddings (n, d) (None where they cannot be found) of X (n, ...)."""
+            progress: Callable[[str], None] | None = None,
+            on_batch: Callable[[int, int], None] | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+    """Logits (n, k) and penultimate-layer embeddings (n, d) (None where they cannot be found) of X (n, ...).
+
+    progress : called with a line every 50 batches; on_batch : called with (samples done, n) after each batch.
+    """
     import torch
 
     embed = _embedder(model)
@@ -35,6 +39,8 @@ def predict(model, X: np.ndarray, *, batch_size: int = 256, device: str = "cpu",
             logits.append(_as_logits(out).float().cpu().numpy())
             if emb is not None:
                 embeddings.append(emb.reshape(len(batch), -1).float().cpu().numpy())
+            if on_batch is not None:
+                on_batch(min(start + batch_size, n), n)
             if progress and (start // batch_size) % 50 == 49:
                 progress(f"forward passes: {min(start + batch_size, n)}/{n}")
     return np.concatenate(logits), (np.concatenate(embeddings) if embeddings and embed is not None else None)
@@ -137,14 +143,16 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 
 
 def cross_val_probs(features: np.ndarray, labels: np.ndarray, *, num_classes: int, folds: int = 5,
-                    seed: int = 0) -> np.ndarray:
+                    seed: int = 0, on_fold: Callable[[int, int], None] | None = None) -> np.ndarray:
     """Out-of-sample probabilities (n, num_classes) by `folds`-fold cross-validated logistic regression.
 
     features : (n, d) embeddings; labels : (n,) class indices in [0, num_classes).
+    on_fold : called with (fold, folds) as each fold starts (for a progress line).
     """
+    from sklearn.base import clone
     from sklearn.decomposition import PCA
     from sklearn.linear_model import LogisticRegression
-    from sklearn.model_selection import StratifiedKFold, cross_val_predict
+    from sklearn.model_selection import StratifiedKFold
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
     from threadpoolctl import threadpool_limits
@@ -162,7 +170,14 @@ def cross_val_probs(features: np.ndarray, labels: np.ndarray, *, num_classes: in
     # threads spinning against each other (and against torch's).
     with warnings.catch_warnings(), threadpool_limits(1):
         warnings.simplefilter("ignore")  # a class smaller than the folds, or slow convergence: still usable
-        probs = cross_val_predict(model, features, labels, cv=cv, method="predict_proba")
+        # cross_val_predict, fold by fold so that progress can be told: every class is in every training
+        # fold (n_splits <= the rarest class's count), so the columns are the present classes in order
+        probs = np.zeros((len(features), len(present)))
+        for fold, (train, test) in enumerate(cv.split(features, labels)):
+            if on_fold is not None:
+                on_fold(fold, n_splits)
+            fitted = clone(model).fit(features[train], labels[train])
+            probs[test] = fitted.predict_proba(features[test])
     out = np.full((len(features), num_classes), 1e-6)
     out[:, present] = np.clip(probs, 1e-6, None)
     return out / out.sum(1, keepdims=True)

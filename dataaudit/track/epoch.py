@@ -61,7 +61,7 @@ class EpochBuffer:
     # ------------------------------------------------------- writer thread
 
     def process(self, chunk: Chunk, run_dir: Path, *, projection: Projection | None, reservoir_size: int,
-                store_probs: bool) -> None:
+                store_probs: bool, top_k: int = 0) -> None:
         """Fold a chunk into the sketch and write its records."""
         if chunk.inputs and projection is not None:
             ids = np.concatenate([i for i, _ in chunk.inputs])
@@ -73,7 +73,7 @@ class EpochBuffer:
         if any(bool(r["soft"]) for r in chunk.rows if "soft" in r):  # device scalars, read here, off the loop
             self.soft_targets = True
         if chunk.rows:
-            table = records_table(chunk.rows, self.epoch, store_probs=store_probs)
+            table = records_table(chunk.rows, self.epoch, store_probs=store_probs, top_k=top_k)
             # drawn-but-unrecorded rows carry NaN for "no loss", not a non-finite loss
             recorded = table.column("recorded").to_numpy(zero_copy_only=False)
             self.nonfinite += int((~np.isfinite(table.column("loss").to_numpy()) & recorded).sum())
@@ -95,9 +95,12 @@ class EpochBuffer:
         self.files.append(rel)
 
 
-def records_table(rows: list[dict], epoch: int, *, store_probs: bool) -> pa.Table:
+def records_table(rows: list[dict], epoch: int, *, store_probs: bool, top_k: int = 0) -> pa.Table:
     """The records of buffered rows as an Arrow table: statistics computed once over the chunk,
     then one device-to-host copy per column.
+
+    store_probs : write every class's probability (column probs); else, with top_k > 0, the top_k most
+        probable classes and their probabilities (columns topk_ids, topk_probs).
 
     Batches drawn but never recorded get rows with recorded=False, so that the
     rows in order are exactly what the loader drew.
@@ -133,7 +136,23 @@ def records_table(rows: list[dict], epoch: int, *, store_probs: bool) -> pa.Tabl
             probs = np.full((total, logits.shape[1]), np.nan, np.float32)
             probs[has_logits] = stats["probs"]
             columns["probs"] = pa.FixedSizeListArray.from_arrays(pa.array(probs.reshape(-1)), probs.shape[1])
+        elif top_k:
+            columns.update(top_k_columns(stats["probs"], has_logits, top_k))
     return pa.table(columns)
+
+
+def top_k_columns(probs: np.ndarray, has_logits: np.ndarray, k: int) -> dict[str, pa.Array]:
+    """topk_ids (int32) and topk_probs (float32), k per row, most probable first, from probabilities
+    (m, classes) of the rows where has_logits (total,) holds; -1 and NaN on the other rows."""
+    top = np.argpartition(-probs, k - 1, axis=1)[:, :k]
+    p = np.take_along_axis(probs, top, axis=1)
+    order = np.argsort(-p, axis=1, kind="stable")
+    ids = np.full((len(has_logits), k), -1, np.int32)
+    values = np.full((len(has_logits), k), np.nan, np.float32)
+    ids[has_logits] = np.take_along_axis(top, order, axis=1)
+    values[has_logits] = np.take_along_axis(p, order, axis=1)
+    return {"topk_ids": pa.FixedSizeListArray.from_arrays(pa.array(ids.reshape(-1)), k),
+            "topk_probs": pa.FixedSizeListArray.from_arrays(pa.array(values.reshape(-1)), k)}
 
 
 def _gather(rows: list[dict], key: str, n: np.ndarray, dtype: Any, fill: Any) -> np.ndarray:

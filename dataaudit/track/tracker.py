@@ -74,12 +74,14 @@ class Tracker:
         input projected on one fixed random direction, to compare across epochs.
     reservoir : projected inputs kept per epoch for drift tests.
     max_prob_classes : full predicted probabilities are stored up to this many classes.
+    top_k_probs : above max_prob_classes, the `top_k_probs` most probable classes and their probabilities
+        are stored per sample instead (what confident learning needs for many classes); 0 stores none.
     rank : process rank for distributed runs (default: torch.distributed's, else 0).
     """
 
     def __init__(self, run_dir: str | os.PathLike, *, flush_rows: int | None = None, sketch_dim: int = 32,
                  sketch_rows: int = 4096, reservoir: int = 1024, max_prob_classes: int = 32,
-                 rank: int | None = None, seed: int = 0):
+                 top_k_probs: int = 8, rank: int | None = None, seed: int = 0):
         for name, value in (("flush_rows", flush_rows or 1), ("sketch_dim", sketch_dim), ("reservoir", reservoir),
                             ("sketch_rows", sketch_rows)):
             if not isinstance(value, int) or value < 1:
@@ -90,6 +92,9 @@ class Tracker:
         self.rank = _default_rank() if rank is None else int(rank)
         self.flush_rows = flush_rows
         self.max_prob_classes = max_prob_classes
+        if not isinstance(top_k_probs, int) or top_k_probs < 0:
+            raise ValueError(f"Tracker needs top_k_probs to be a non-negative integer; got {top_k_probs!r}")
+        self.top_k_probs = top_k_probs
         self._session = uuid.uuid4().hex[:8]
         self._loaders: dict[str, TrackedLoader] = {}
         self._open: dict[str, EpochBuffer] = {}
@@ -405,6 +410,8 @@ class Tracker:
         kwargs = {"projection": self._projection_for(epoch.split),
                   "reservoir_size": self._manifest["sketch"]["reservoir"],
                   "store_probs": num_classes <= self.max_prob_classes}
+        if num_classes > self.max_prob_classes and self.top_k_probs:  # many classes: the most probable only
+            kwargs["top_k"] = min(self.top_k_probs, num_classes)
         self._writer.submit(lambda: epoch.process(chunk, self.path, **kwargs))
 
     def _end(self, epoch: EpochBuffer, *, exhausted: bool) -> None:

@@ -123,3 +123,27 @@ def test_wrong_labels_in_every_class_stay_critical(rng):
     result = labels._compute_label_issues(_dynamics(flipped, (y + 1) % 10), 10)
     assert result.status == "critical" and result.details["unfit_classes"] == []
     assert _f1(result.details["label_issues"], np.flatnonzero(flipped)) > 0.95
+
+
+@pytest.mark.parametrize("top_k", [8, 0])
+def test_many_classes_use_the_stored_top_k_or_say_why_not(tmp_path, top_k):
+    """40 classes (above max_prob_classes=32): confident learning runs on the top-k probabilities the tracker
+    stored, and says so; without them, a finding says it was left out instead of going quiet."""
+    X, y = blobs(n=1_200, d=24, k=40, seed=5)
+    rng = np.random.default_rng(5)
+    flipped = rng.choice(len(y), 180, replace=False)
+    noisy = y.copy()
+    noisy[flipped] = (y[flipped] + rng.integers(1, 40, len(flipped))) % 40
+    train(tmp_path / "run", X, noisy, epochs=12, batch_size=64, lr=3e-3, hidden=96, top_k_probs=top_k)
+    result = labels.check(dataaudit.load_run(tmp_path / "run"))
+    assert _f1(result.details["label_issues"], flipped) >= 0.85
+    quality = result.per_sample.set_index("sample_id")["label_quality"]
+    assert quality.drop(flipped).median() > 0.5 > quality.loc[flipped].median()  # not 0.000 for every row
+    if top_k:
+        assert result.details["probabilities"] == "top-k" and "top-k" in result.details["method"]
+        assert "note" not in result.details
+        assert not any("left out" in f.summary for f in result.findings)
+    else:
+        assert result.details["probabilities"] == "none"
+        assert any(f.severity == "info" and "Confident learning was left out" in f.summary
+                   and "40 classes" in f.summary for f in result.findings)

@@ -36,7 +36,10 @@ def _noisy_probs(rng: np.random.Generator, n: int, k: int, noise: float = 0.1) -
 
 
 def assert_self_contained(html: str) -> None:
-    assert "<script" not in html.lower()
+    # the only scripts: the flagged table's data and its inline code, neither loading anything
+    scripts = re.findall(r"<script[^>]*>", html, re.I)
+    assert all(s in ('<script type="application/json" id="flagged-data">', "<script>") for s in scripts), scripts
+    assert len(scripts) <= 2
     assert not re.search(r"""(?:src|href)\s*=\s*["']?\s*(?:https?:)?//""", html, re.I)
     assert "@import" not in html and "url(http" not in html
     assert "http://" not in html.replace("http://www.w3.org/", "") and "https://" not in html
@@ -66,11 +69,12 @@ def scan_audit():
 def test_trained_run_reads_top_down(trained_audit, tmp_path):
     html = trained_audit.write_html(tmp_path / "audit.html").read_text()
     assert_self_contained(html)
-    sections = ["<h1>", "Training loss per epoch", "<h2>Findings", "Most suspicious samples", "Loss per class",
+    sections = ["<h1>", "Training loss per epoch", "<h2>Findings", "Flagged samples", "Loss per class",
                 "Coverage per epoch", "Drift per epoch", "Optimizer telemetry"]
     positions = [html.index(s) for s in sections]
     assert positions == sorted(positions)
     assert trained_audit.attribution["method"] in html
+    assert "label share = min(1, " in html  # the method as a formula, numbers plugged in
     # loss curve, classes, coverage, drift, optimizer
     assert html.count("<svg") == 5
     assert "clean (unflagged)" in html and "val" in html
@@ -79,7 +83,7 @@ def test_trained_run_reads_top_down(trained_audit, tmp_path):
     if trained_audit.label_issues:
         first = trained_audit.label_issues[0]
         assert re.search(rf"<td>1</td><td>{first}</td>", html)
-        rows = re.findall(r"<tr><td>\d+</td><td>\d+</td>", html.split("Most suspicious samples")[1].split("<h2>")[0])
+        rows = re.findall(r"<tr><td>\d+</td><td>\d+</td>", html.split("Flagged samples")[1].split("<h2>")[0])
         assert len(rows) == min(50, len(trained_audit.label_issues))
     assert len(html.encode()) < 1_000_000
 
@@ -140,7 +144,7 @@ def test_data_strings_are_escaped(scan_audit):
     html = render_html(audit)
     assert EVIL not in html and "<b>0</b>" not in html
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html
-    assert "<script" not in html
+    assert_self_contained(html)
 
 
 def test_large_run_is_small_and_fast():
@@ -183,3 +187,64 @@ def test_chromium_renders_without_console_errors(trained_audit, tmp_path):
                if "Uncaught" in line or ("CONSOLE" in line and "error" in line.lower())]
     assert not console, console
     shutil.rmtree(tmp_path / "profile", ignore_errors=True)
+
+
+_LAYOUT_CHECK = """<script>
+window.addEventListener("load", function () {
+  var root = document.documentElement, out = {width: window.innerWidth, scrollWidth: root.scrollWidth, figures: []};
+  out.wide = Array.from(document.body.querySelectorAll("*")).filter(function (e) {
+    var r = e.getBoundingClientRect(); return r.width > 0 && r.right > window.innerWidth + 1 && !e.closest(".scroll");
+  }).slice(0, 5).map(function (e) { return e.tagName + "." + e.className; });
+  document.querySelectorAll("svg.plot").forEach(function (svg) {
+    var text = function (sel) { return Array.from(svg.querySelectorAll(sel)).map(function (g) {
+      return g.textContent.trim(); }).filter(Boolean); };
+    out.figures.push({x: text(".axis-label.x"), y: text(".axis-label.y"),
+                      panels: svg.querySelectorAll("[id^=axes_]").length});
+  });
+  out.flaggedRows = document.querySelectorAll("#flagged-table tr").length;
+  var pre = document.createElement("pre"); pre.id = "layout-check"; pre.textContent = JSON.stringify(out);
+  document.body.appendChild(pre);
+});
+</script>"""
+
+
+def _chromium(page: Path, width: int, tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
+    cmd = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+           "--disable-component-update", "--disable-sync", "--no-first-run", "--hide-scrollbars",
+           f"--user-data-dir={tmp_path / f'profile{width}'}", f"--window-size={width},6500", *args, page.as_uri()]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="chromium is not installed")
+@pytest.mark.parametrize("width", [1280, 760])
+def test_chromium_layout_fits_and_every_figure_has_labelled_axes(trained_audit, tmp_path, width):
+    """Headless Chromium at a desktop and a narrow width: nothing overflows the page sideways (wide tables
+    scroll in their own box), every plot has x and y axis labels, the flagged table's script ran."""
+    import json as _json
+    import os
+
+    html = render_html(trained_audit)
+    page = tmp_path / "audit.html"
+    page.write_text(html.replace("</body>", _LAYOUT_CHECK + "</body>"))
+    out = _chromium(page, width, tmp_path, "--dump-dom", "--virtual-time-budget=5000")
+    found = re.search(r'<pre id="layout-check">(.*?)</pre>', out.stdout, re.S)
+    assert found, out.stderr[-2000:]
+    check = _json.loads(found.group(1).replace("&quot;", '"').replace("&amp;", "&").replace("&lt;", "<")
+                        .replace("&gt;", ">"))
+    assert check["scrollWidth"] <= check["width"], check
+    assert check["wide"] == [], check
+    assert len(check["figures"]) == html.count('<svg') == 5
+    for figure in check["figures"]:
+        assert figure["x"] and figure["y"], figure
+        assert len(figure["x"]) == len(figure["y"]) == figure["panels"], figure  # each panel labelled
+    assert check["flaggedRows"] == min(100, len(trained_audit.label_issues)) + 1  # header + first page
+
+    # the screenshot a person looks at (kept where DATAAUDIT_SCREENSHOTS points, if set)
+    shots = Path(os.environ.get("DATAAUDIT_SCREENSHOTS", tmp_path))
+    shots.mkdir(parents=True, exist_ok=True)
+    png = shots / f"audit-{width}.png"
+    plain = tmp_path / "plain.html"
+    plain.write_text(html)
+    done = _chromium(plain, width, tmp_path, f"--screenshot={png}")
+    assert png.exists() and png.stat().st_size > 20_000, done.stderr[-2000:]
+    shutil.rmtree(tmp_path / f"profile{width}", ignore_errors=True)
