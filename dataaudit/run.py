@@ -16,7 +16,6 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute  # noqa: F401  (pa.compute)
-import pyarrow.parquet as pq
 
 from dataaudit import store
 
@@ -25,7 +24,6 @@ from dataaudit import store
 RECORD_COLUMNS = {"epoch": "int32", "sample_id": "int64", "loss": "float32", "prob": "float32",
                   "margin": "float32", "label": "int32", "pred": "int32", "fingerprint": "float32"}
 COVERAGE_COLUMNS = ["epoch", "seen", "unique", "missing", "duplicates", "complete", "order_hash"]
-_PARTITION = re.compile(r"^(?P<table>\w+)/(?:split=(?P<split>\w+)/)?epoch=(?P<epoch>\d+)/rank=(?P<rank>\d+)/")
 
 
 @dataclass(frozen=True)
@@ -66,8 +64,10 @@ class Split:
             return None
         if isinstance(source, tuple):
             return source
-        parts = [pq.read_table(path, columns=["sample_id", "probs", "recorded"]) for path in source]
-        table = pa.concat_tables(parts)
+        parts = [store.read_table(path, "records", columns=["sample_id", "probs", "recorded"]) for path in source]
+        if any("probs" not in t.column_names for t in parts):
+            return None
+        table = store.concat(parts, list(source))
         table = table.filter(table.column("recorded"))
         column = table.column("probs").combine_chunks()
         if column.null_count == len(column):
@@ -153,16 +153,24 @@ def load_run(run_dir: str | Path) -> Run:
         raise store.RunFormatError(f"{run_dir}: no such run directory")
     manifests = [store.read_manifest(run_dir, 0)]
     for path in sorted(run_dir.glob("manifest.rank*.json")):
-        manifests.append(store.read_manifest(run_dir, int(path.stem.split("rank")[1])))
+        rank = re.fullmatch(r"manifest\.rank([1-9]\d*)\.json", path.name)
+        if rank is None:
+            raise store.RunFormatError(f"{path}: not a rank manifest name (expected manifest.rankN.json, N >= 1)")
+        manifests.append(store.read_manifest(run_dir, int(rank[1])))
+    # A run that lists files it does not hold is damaged: its verdict would silently change (see README).
+    missing = [f"{store.manifest_name(m.get('rank', 0))}: {rel}" for m in manifests
+               for rel in store.missing_files(run_dir, m)]
+    if missing:
+        raise store.RunFormatError(f"{run_dir}: damaged run: {len(missing)} listed files are missing "
+                                   f"({'; '.join(missing[:3])}{'...' if len(missing) > 3 else ''}); "
+                                   "restore them from a full copy of the run")
     # what each rank saw of each split, to tell ranks that disagree on the dataset
     meta = {**manifests[0], "ranks": [{"rank": m.get("rank", 0), "splits": m["splits"]} for m in manifests]}
     files: dict[tuple[str, str | None, int], list[Path]] = defaultdict(list)
     step_files: dict[str, dict[int, list[Path]]] = {"steps": defaultdict(list), "layers": defaultdict(list)}
     for manifest in manifests:
         for rel in manifest["files"]:
-            m = _PARTITION.match(rel)
-            if not m or not (run_dir / rel).is_file():
-                continue
+            m = store.LISTED_FILE.match(rel)
             if m["table"] in step_files:
                 step_files[m["table"]][int(m["rank"])].append(run_dir / rel)
             else:
@@ -170,8 +178,8 @@ def load_run(run_dir: str | Path) -> Run:
     epochs = [e for m in manifests for e in m["epochs"]]
     splits = {name: _load_split(name, info, epochs, files) for name, info in meta["splits"].items()}
     # Data-parallel replicas step alike: one rank's optimizer telemetry stands for all (the lowest rank's).
-    steps = _concat(_lowest_rank(step_files["steps"]), _empty_steps())
-    layers = _concat(_lowest_rank(step_files["layers"]), _empty_layers())
+    steps = _concat(_lowest_rank(step_files["steps"]), _empty_steps(), "steps")
+    layers = _concat(_lowest_rank(step_files["layers"]), _empty_layers(), "layers")
     if len(steps):
         steps = steps.sort_values(["epoch", "attempt"], kind="stable").reset_index(drop=True)
     return Run(splits, steps, layers, meta, path=run_dir)
@@ -188,7 +196,7 @@ def _load_split(name: str, info: dict, epochs: list[dict], files: dict) -> Split
         complete[e["epoch"]] = complete.get(e["epoch"], True) and bool(e["complete"])
     numbers = sorted(complete)
     # The records of an epoch, in order and with the drawn-but-unrecorded rows, are its draws.
-    paths = [f for e in numbers for f in files.get(("records", name, e), [])]
+    paths = [(e, f) for e in numbers for f in files.get(("records", name, e), [])]
     if paths:
         rows = _read_records(paths)
         epoch_of = rows.column("epoch").to_numpy()
@@ -210,14 +218,14 @@ def _load_split(name: str, info: dict, epochs: list[dict], files: dict) -> Split
     for e in numbers:
         for path in files.get(("sketch", name, e), []):
             if path.name.startswith("features"):
-                features[e] = pq.read_table(path).to_pandas()
+                features[e] = store.read_table(path, "features").to_pandas()
             elif path.name.startswith("reservoir"):
-                table = pq.read_table(path)
+                table = store.read_table(path, "reservoir")
                 values = table.column("value").combine_chunks()
                 reservoir[e] = (table.column("sample_id").to_numpy(),
                                 values.values.to_numpy().reshape(len(values), values.type.list_size))
     has_probs = {e: fs for e in numbers if (fs := files.get(("records", name, e)))
-                 and "probs" in pq.read_schema(fs[0]).names}
+                 and "probs" in store.read_schema(fs[0], "records").names}
     size = info.get("dataset_size") if info.get("id_source", "index") == "index" else None
     shape = info.get("input_shape")
     return Split(name, records, coverage_table(draws, complete, size), draws=draws, features=features,
@@ -225,14 +233,18 @@ def _load_split(name: str, info: dict, epochs: list[dict], files: dict) -> Split
                  probs_source=has_probs)
 
 
-def _read_records(paths: list[Path]) -> pa.Table:
-    """The records of `paths` as one table, narrowed file by file (label and pred to int32, sample_id to int32
-    when every id fits), so that the wide columns of all the files are never held at once."""
+def _read_records(paths: list[tuple[int, Path]]) -> pa.Table:
+    """The records of (epoch, path) pairs as one table, narrowed file by file (label and pred to int32,
+    sample_id to int32 when every id fits), so that the wide columns of all the files are never held at once."""
     small = pa.int32()
     limit = np.iinfo(np.int32)
     parts = []
-    for path in paths:
-        table = pq.read_table(path, columns=[*RECORD_COLUMNS, "recorded"])
+    for epoch, path in paths:
+        table = store.read_table(path, "records", columns=[*RECORD_COLUMNS, "recorded"])
+        bounds = pa.compute.min_max(table.column("epoch")).as_py()
+        if table.num_rows and not bounds["min"] == bounds["max"] == epoch:
+            raise store.RunFormatError(f"{path}: holds rows of epochs {bounds['min']}..{bounds['max']}; "
+                                       f"its partition is epoch {epoch} (a file moved or copied by hand?)")
         for name in ("label", "pred", "epoch"):
             i = table.schema.get_field_index(name)
             if i >= 0 and table.schema.field(i).type != small:
@@ -246,7 +258,7 @@ def _read_records(paths: list[Path]) -> pa.Table:
         i = table.schema.get_field_index("sample_id")
         if table.schema.field(i).type != target:
             parts[k] = table.set_column(i, "sample_id", pa.compute.cast(table.column(i), target))
-    return pa.concat_tables(parts, promote_options="default")
+    return store.concat(parts, [p for _, p in paths])
 
 
 def unique_ids(ids: np.ndarray, *, return_inverse: bool = False):
@@ -313,11 +325,10 @@ def _order_hash(ids: np.ndarray) -> str:
     return hashlib.blake2b(np.ascontiguousarray(ids, dtype=np.int64).tobytes(), digest_size=8).hexdigest()
 
 
-def _concat(paths: list[Path], empty: pd.DataFrame, columns: list[str] | None = None) -> pd.DataFrame:
+def _concat(paths: list[Path], empty: pd.DataFrame, schema: str) -> pd.DataFrame:
     if not paths:
         return empty
-    table = pa.concat_tables([pq.read_table(p, columns=columns) for p in paths], promote_options="default")
-    return table.to_pandas()
+    return store.concat([store.read_table(p, schema) for p in paths], paths).to_pandas()
 
 
 def _empty_records() -> pd.DataFrame:
