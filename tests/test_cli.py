@@ -213,3 +213,75 @@ def test_report_on_a_missing_run_exits_2(tmp_path):
     assert result.returncode == 2
     assert result.stderr.strip().count("\n") == 0 and "no such run directory" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+# ------------------------------------------------- every failure: one line on stderr and a status that says which
+
+
+def _run_app(capsys, *args):
+    """The program as the console script runs it: (exit status, stdout, stderr)."""
+    with pytest.raises(SystemExit) as done:
+        app([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return done.value.code, out, err
+
+
+def _one_line(err):
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("dataaudit: "), err
+    assert "Traceback" not in err and "─" not in err and "╭" not in err
+    return lines[0]
+
+
+def test_a_damaged_run_exits_2_with_one_line(run_copy, capsys):
+    part = sorted(run_copy.glob("records/*/epoch=1/*/*.parquet"))[0]
+    part.write_bytes(part.read_bytes()[:100])
+    status, _, err = _run_app(capsys, "report", run_copy, "--out", run_copy.parent / "out")
+    assert status == 2
+    assert part.name in _one_line(err) and "unreadable Parquet file" in err
+
+
+def test_a_run_missing_a_file_exits_2_naming_it(run_copy, capsys):
+    part = sorted(run_copy.glob("sketch/*/epoch=2/*/features.parquet"))[0]
+    part.unlink()
+    status, _, err = _run_app(capsys, "report", run_copy, "--out", run_copy.parent / "out")
+    assert status == 2 and "damaged run" in _one_line(err) and "epoch=2/rank=0/features.parquet" in err
+
+
+def test_out_naming_a_file_exits_2(built_run, tmp_path, capsys):
+    (tmp_path / "taken").write_text("mine")
+    status, _, err = _run_app(capsys, "report", built_run, "--out", tmp_path / "taken")
+    assert status == 2 and "--out" in _one_line(err) and "is a file" in err
+    assert (tmp_path / "taken").read_text() == "mine"
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["scan", "DATA", "--pred-probs", "pp.npy", "--batch-size", "0"], "--batch-size"),
+    (["report", "RUN", "--fail-on", "bogus"], "expected one of info, warning, critical; got 'bogus'"),
+    (["report", "RUN", "--no-such-option"], "--no-such-option"),
+    (["report"], "Missing argument"),
+])
+def test_usage_errors_are_one_line_exit_2(capsys, args, expected):
+    status, _, err = _run_app(capsys, *args)
+    assert status == 2 and expected in _one_line(err)
+
+
+def test_an_internal_error_exits_3_with_one_line_and_a_hint(built_run, tmp_path, capsys, monkeypatch):
+    import dataaudit
+
+    def broken(*_a, **_k):
+        raise KeyError("a bug")
+
+    monkeypatch.setattr(dataaudit, "analyze", broken)
+    monkeypatch.delenv("DATAAUDIT_DEBUG", raising=False)
+    status, _, err = _run_app(capsys, "report", built_run, "--out", tmp_path / "out")
+    assert status == 3 and "internal error: KeyError" in _one_line(err) and "DATAAUDIT_DEBUG=1" in err
+    monkeypatch.setenv("DATAAUDIT_DEBUG", "1")
+    with pytest.raises(KeyError):
+        app(["report", str(built_run), "--out", str(tmp_path / "out")])
+
+
+def test_the_program_exits_with_the_findings_status(built_run, tmp_path, capsys):
+    status, out, _ = _run_app(capsys, "report", built_run, "--out", tmp_path / "out", "--fail-on", "info")
+    findings = json.loads((tmp_path / "out" / "audit.json").read_text())["findings"]
+    assert status == (1 if findings else 0) and "verdict:" in out
