@@ -314,6 +314,7 @@ class Writer:
                 self._error = e
             finally:
                 self._queue.task_done()
+                fn = None  # hold nothing of the caller's between jobs (a dropped Tracker can be collected)
 
 
 def _json_default(obj: Any) -> Any:

@@ -20,6 +20,7 @@ import json
 import os
 import time
 import uuid
+import warnings
 import weakref
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +30,7 @@ import numpy as np
 import torch
 
 from dataaudit import store
+from dataaudit.track import lock
 from dataaudit.track.batch import as_targets, per_sample_losses
 from dataaudit.track.epoch import EpochBuffer
 from dataaudit.track.loader import TrackedLoader
@@ -89,8 +91,19 @@ class Tracker:
         self._fingerprints: dict[str, Projection] = {}
         self._watch: OptimizerWatch | None = None
         self._closed = False
-        self._manifest = self._open_manifest(seed=seed, sketch_dim=sketch_dim, reservoir=reservoir,
-                                             sketch_rows=sketch_rows)
+        # One writer per rank: a second Tracker on this run and rank is refused (see track/lock.py).
+        self._lock = lock.acquire(self.path, self.rank, session=self._session)
+        weakref.finalize(self, lock.release, self._lock).atexit = False  # dropped without close()
+        try:
+            self._manifest = self._open_manifest(seed=seed, sketch_dim=sketch_dim, reservoir=reservoir,
+                                                 sketch_rows=sketch_rows)
+        except BaseException:
+            lock.release(self._lock)
+            raise
+        if self._lock.took_over is not None:
+            note = f"took over the lock of rank {self.rank} from {lock.describe(self._lock.took_over)}, gone"
+            self._manifest["sessions"][-1]["took_over_lock"] = self._lock.took_over
+            warnings.warn(f"dataaudit: {self.path}: {note}", RuntimeWarning, stacklevel=2)
         self._writer = store.Writer()
         self._commit()
         atexit.register(_close_at_exit, weakref.ref(self))
@@ -201,6 +214,7 @@ class Tracker:
             self._writer.close()
         finally:
             self._closed = True
+            lock.release(self._lock)
             if self._watch is not None:
                 self._watch.remove()
 
