@@ -276,7 +276,9 @@ class Writer:
     next call from the training thread.
     """
 
-    def __init__(self, max_pending: int = 8):
+    def __init__(self, max_pending: int = 8, *, pass_through: tuple[type[BaseException], ...] = ()):
+        # errors of these types are the caller's (bad input found late), raised as they are
+        self._pass_through = pass_through
         self._queue: queue.Queue = queue.Queue(maxsize=max_pending)
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._loop, name="dataaudit-writer", daemon=True)
@@ -300,6 +302,8 @@ class Writer:
     def raise_error(self) -> None:
         if self._error is not None:
             error, self._error = self._error, None
+            if isinstance(error, self._pass_through):
+                raise error
             raise RuntimeError(f"dataaudit could not write the run: {error}") from error
 
     def _loop(self) -> None:

@@ -40,6 +40,29 @@ def as_targets(targets: Any, n: int, num_classes: int | None) -> torch.Tensor:
     return targets.long()
 
 
+class TargetRangeError(ValueError):
+    """record() got class-index targets outside the logits' classes.
+
+    Found on the writer thread, where the targets are on the host anyway (checking on the training thread
+    would wait for the device at every step); raised on the training thread at the next record(), the end
+    of the epoch or close().
+    """
+
+
+def check_target_range(labels: np.ndarray, num_classes: int, *, epoch: int) -> None:
+    """Raise TargetRangeError if a class index in labels (n,) is >= num_classes.
+
+    Negative targets stay allowed: they are ignore_index-style "no label" (cross_entropy's -100), recorded
+    as unknown. With one logit (binary), targets 0 and 1 are both valid.
+    """
+    bad = labels >= max(num_classes, 2)
+    if bad.any():
+        raise TargetRangeError(
+            f"record() got targets up to {int(labels.max())} with logits of {num_classes} classes (expected class "
+            f"indices 0..{max(num_classes, 2) - 1}, or negative for no label); {int(bad.sum())} samples of epoch "
+            f"{epoch}: are the targets and the model's classes the same?")
+
+
 def logit_stats(logits: np.ndarray, labels: np.ndarray) -> dict[str, np.ndarray]:
     """Prediction, probabilities, probability of the given label and margin, from logits (n, k).
 

@@ -19,7 +19,7 @@ import pyarrow as pa
 import torch
 
 from dataaudit import store
-from dataaudit.track.batch import logit_stats
+from dataaudit.track.batch import check_target_range, logit_stats
 from dataaudit.track.sketch import Moments, Projection, Reservoir
 
 
@@ -116,6 +116,7 @@ def records_table(rows: list[dict], epoch: int, *, store_probs: bool) -> pa.Tabl
     has_logits = np.repeat([("logits" in r) for r in rows], n)
     if has_logits.any():
         logits = torch.cat([r["logits"] for r in rows if "logits" in r]).cpu().numpy()
+        check_target_range(labels[has_logits], logits.shape[1], epoch=epoch)
         stats = logit_stats(logits, labels[has_logits])
         for name in ("pred", "prob", "margin"):
             columns[name][has_logits] = stats[name]

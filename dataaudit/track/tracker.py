@@ -31,7 +31,7 @@ import torch
 
 from dataaudit import store
 from dataaudit.track import lock
-from dataaudit.track.batch import as_targets, per_sample_losses
+from dataaudit.track.batch import TargetRangeError, as_targets, per_sample_losses
 from dataaudit.track.epoch import EpochBuffer
 from dataaudit.track.loader import TrackedLoader
 from dataaudit.track.optim import OptimizerWatch, write_steps
@@ -104,7 +104,7 @@ class Tracker:
             note = f"took over the lock of rank {self.rank} from {lock.describe(self._lock.took_over)}, gone"
             self._manifest["sessions"][-1]["took_over_lock"] = self._lock.took_over
             warnings.warn(f"dataaudit: {self.path}: {note}", RuntimeWarning, stacklevel=2)
-        self._writer = store.Writer()
+        self._writer = store.Writer(pass_through=(TargetRangeError,))
         self._commit()
         atexit.register(_close_at_exit, weakref.ref(self))
 
@@ -115,9 +115,9 @@ class Tracker:
         self._check_open()
         if not isinstance(split, str) or not split.isidentifier():
             raise ValueError(f"wrap() needs split to be a short name such as 'train' or 'val'; got {split!r}")
+        tracked = TrackedLoader(loader, self, split)  # first: it names a loader wrapped already
         if split in self._loaders:
             raise ValueError(f"wrap() was already called for split {split!r}; wrap each loader once")
-        tracked = TrackedLoader(loader, self, split)
         self._loaders[split] = tracked
         info = self._manifest["splits"].setdefault(split, {})
         info["dataset_size"] = tracked.dataset_size
@@ -159,6 +159,7 @@ class Tracker:
         ids : sample ids, shape (batch,); needed for an IterableDataset, else the loader's indices.
         """
         self._check_open()
+        self._writer.raise_error()  # what the writer found wrong in earlier batches (targets out of range)
         pending = self._pending
         if pending is None:
             raise RuntimeError("record() was called before a wrapped loader yielded a batch; "
