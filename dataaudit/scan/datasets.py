@@ -98,7 +98,9 @@ def _load_npz(file: Path) -> Dataset:
         raise ScanInputError(f"{file}: X and y must have the same length; got {len(X)} and {len(labels)}")
     if X.dtype.kind not in "iufb":
         raise ScanInputError(f"{file}: X must be numeric; got dtype {X.dtype}")
-    return Dataset(labels, X.astype(np.float32), file.parent, "npz", names)
+    X = X.astype(np.float32)
+    check_finite(X, f"{file} (X)")
+    return Dataset(labels, X, file.parent, "npz", names)
 
 
 def _load_label_files(path: Path) -> Dataset:
@@ -111,7 +113,29 @@ def _load_label_files(path: Path) -> Dataset:
             raise ScanInputError(f"{path / 'features.npy'}: expected numeric features with {len(labels)} rows "
                                  f"(one per label); got shape {features.shape}, dtype {features.dtype}")
         features = features.astype(np.float32)
+        check_finite(features, str(path / "features.npy"))
     return Dataset(labels, features, path, "labels", names)
+
+
+def check_finite(X: np.ndarray, source: str, *, columns: list[str] | None = None) -> None:
+    """Raise ScanInputError naming `source` and the first bad rows and columns when X (n, ...) holds NaN or inf.
+
+    Refused rather than dropped: a dropped row would shift the sample ids that --pred-probs rows, --run ids
+    and flagged.csv refer to. Rows and columns count from 0 (columns of the flattened sample).
+    """
+    if X.dtype.kind != "f":
+        return
+    flat = X.reshape(len(X), -1)
+    bad_rows = np.flatnonzero(~np.isfinite(flat).all(axis=1))
+    if not len(bad_rows):
+        return
+    first = flat[bad_rows[:1000]]
+    cols = np.flatnonzero(~np.isfinite(first).all(axis=0))
+    names = [columns[c] for c in cols[:5]] if columns is not None else cols[:5].tolist()
+    kinds = " and ".join(k for k, f in (("NaN", np.isnan), ("inf", np.isinf)) if f(first).any())
+    raise ScanInputError(
+        f"{source}: {len(bad_rows)} of {len(X)} samples hold {kinds} (first rows {bad_rows[:5].tolist()}, "
+        f"columns {names}{'...' if len(cols) > 5 else ''}); expected finite features: impute or drop them first")
 
 
 def _read_npy(file: Path) -> np.ndarray:
@@ -142,6 +166,8 @@ def _load_table(file: Path, label_col: str) -> Dataset:
     if dropped:
         warnings.append(f"{file.name}: non-numeric columns left out of the features: {dropped[:10]}")
     features = numeric.to_numpy(np.float32) if numeric.shape[1] else None
+    if features is not None:
+        check_finite(features, str(file), columns=[str(c) for c in numeric.columns])
     return Dataset(labels, features, file.parent, "table", names, warnings=tuple(warnings))
 
 

@@ -84,3 +84,26 @@ def test_empty_or_missing_directory(tmp_path):
         load_dataset(tmp_path)
     with pytest.raises(ScanInputError, match="not a directory"):
         load_dataset(tmp_path / "nope")
+
+
+@pytest.mark.parametrize("layout", ["npz", "features.npy", "csv"])
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_non_finite_features_are_refused_naming_file_rows_and_columns(tmp_path, rng, layout, bad):
+    X = rng.normal(size=(30, 4)).astype(np.float32)
+    X[7, 2] = X[19, 2] = bad
+    y = rng.integers(0, 2, 30)
+    if layout == "npz":
+        np.savez(tmp_path / "data.npz", X=X, y=y)
+        where = "data.npz (X)"
+    elif layout == "features.npy":
+        np.save(tmp_path / "labels.npy", y)
+        np.save(tmp_path / "features.npy", X)
+        where = "features.npy"
+    else:
+        pd.DataFrame({**{f"f{j}": X[:, j] for j in range(4)}, "label": y}).to_csv(tmp_path / "t.csv", index=False)
+        where = "t.csv"
+    with pytest.raises(ScanInputError) as info:
+        load_dataset(tmp_path)
+    text = str(info.value)
+    assert where in text and "2 of 30 samples hold" in text and "first rows [7, 19]" in text
+    assert ("columns ['f2']" if layout == "csv" else "columns [2]") in text
