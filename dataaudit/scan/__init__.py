@@ -111,7 +111,8 @@ def _thumbnails(data: Dataset, ids, *, size: int = 32) -> dict[int, str]:
         if data.files is None or not 0 <= i < len(data.files):
             continue
         try:
-            with Image.open(data.path / data.files[i]) as im:
+            with Image.open(data.path / data.files[i]) as im:  # Pillow refuses decompression bombs here
+                im.draft("RGB", (size, size))  # JPEGs decode reduced
                 im = im.convert("RGB")
                 im.thumbnail((size, size))
                 canvas = Image.new("RGB", (size, size), (255, 255, 255))

@@ -11,6 +11,9 @@ from pathlib import Path
 import numpy as np
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
+# An image claiming more pixels is skipped (8192 x 8192: decoded, at most 256 MB as RGBA bytes).
+MAX_IMAGE_PIXELS = 8192 * 8192
+_RESIZABLE = {"L", "LA", "RGB", "RGBA"}  # modes Pillow resizes with any filter
 
 
 class ScanInputError(ValueError):
@@ -172,51 +175,92 @@ def _load_table(file: Path, label_col: str) -> Dataset:
 
 
 def _load_images(path: Path) -> Dataset:
+    """Class folders of images, every image decoded straight to the commonest size.
+
+    Two passes: the headers first (size and mode, no pixels), then each image decoded reduced to that size
+    (JPEG's draft mode, Pillow's reduce), so memory stays bounded per image whatever its size. An image
+    over MAX_IMAGE_PIXELS (a decompression bomb: a small file that claims a huge canvas) is skipped, named.
+    """
     try:
         from PIL import Image
     except ImportError:  # pragma: no cover - Pillow is normally there (matplotlib needs it)
         Image = None
     classes = sorted(p.name for p in path.iterdir() if p.is_dir() and not p.name.startswith("."))
-    arrays, labels, files, warnings = [], [], [], []
+    headers, warnings = [], []  # (file, class index, (width, height), mode)
     for index, name in enumerate(classes):
         for file in sorted((path / name).iterdir()):
             if file.suffix.lower() not in IMAGE_SUFFIXES or not file.is_file():
                 continue
             try:
-                arrays.append(_read_image(file, Image))
+                size, mode = _image_header(file, Image)
             except Exception as e:  # corrupt or truncated: name it and go on
                 warnings.append(f"skipped unreadable image {file.relative_to(path)} ({type(e).__name__}: {e})")
                 continue
-            labels.append(index)
-            files.append(str(file.relative_to(path)))
-    if not arrays:
+            if size[0] * size[1] > MAX_IMAGE_PIXELS:
+                warnings.append(f"skipped {file.relative_to(path)}: {size[0]}x{size[1]} pixels, over the "
+                                f"{MAX_IMAGE_PIXELS:,} a scan decodes (a decompression bomb, or far too large)")
+                continue
+            headers.append((file, index, size, mode))
+    if not headers:
         raise ScanInputError(f"{path}: no readable images in the class folders {classes[:10]}")
     # one channel layout and one size for all: the commonest size; others are resized
-    channels = 3 if any(a.ndim == 3 and a.shape[2] >= 3 for a in arrays) else 1
-    arrays = [_to_channels(a, channels) for a in arrays]
-    size, _ = Counter(a.shape[:2] for a in arrays).most_common(1)[0]
-    resized = 0
-    for i, a in enumerate(arrays):
-        if a.shape[:2] != size:
-            arrays[i] = _resize(a, size, Image)
-            resized += 1
+    channels = 1 if all(mode == "L" for *_, mode in headers) else 3
+    width, height = Counter(size for _, _, size, _ in headers).most_common(1)[0][0]
+    X = np.empty((len(headers), channels, height, width), np.float32)  # (n, C, H, W), as torch models take them
+    labels, files, resized, kept = [], [], 0, 0
+    for file, index, size, _ in headers:
+        try:
+            a = _read_image(file, Image, (width, height), channels)
+        except Exception as e:  # a header that read but pixels that do not
+            warnings.append(f"skipped unreadable image {file.relative_to(path)} ({type(e).__name__}: {e})")
+            continue
+        X[kept] = a.transpose(2, 0, 1)
+        kept += 1
+        resized += size != (width, height)
+        labels.append(index)
+        files.append(str(file.relative_to(path)))
+    if not kept:
+        raise ScanInputError(f"{path}: no readable images in the class folders {classes[:10]}")
     if resized:
-        warnings.append(f"resized {resized} images to the commonest size {size[1]}x{size[0]}")
-    X = np.stack(arrays).transpose(0, 3, 1, 2)  # (n, C, H, W), as torch models take them
-    return Dataset(np.asarray(labels, np.int64), np.ascontiguousarray(X, dtype=np.float32), path, "images",
-                   classes, files, tuple(warnings))
+        warnings.append(f"resized {resized} images to the commonest size {width}x{height}")
+    return Dataset(np.asarray(labels, np.int64), X[:kept], path, "images", classes, files, tuple(warnings))
 
 
-def _read_image(file: Path, Image) -> np.ndarray:
-    """(H, W) or (H, W, C) float32 in [0, 1]."""
+def _image_header(file: Path, Image) -> tuple[tuple[int, int], str]:
+    """(width, height) and mode from the header alone (no pixels decoded)."""
+    if Image is None:
+        a = _read_image(file, None, None, 3)
+        return (a.shape[1], a.shape[0]), "RGB"
+    import warnings
+
+    with warnings.catch_warnings():
+        # Pillow's own bomb warning; the size is judged here against MAX_IMAGE_PIXELS instead
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        saved, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+        try:
+            with Image.open(file) as im:
+                return im.size, im.mode
+        finally:
+            Image.MAX_IMAGE_PIXELS = saved
+
+
+def _read_image(file: Path, Image, size: tuple[int, int] | None, channels: int) -> np.ndarray:
+    """(H, W, channels) float32 in [0, 1], decoded reduced to `size` (width, height) (None: as it is)."""
     if Image is None:
         import matplotlib.image
         a = np.asarray(matplotlib.image.imread(file), dtype=np.float32)
-        return a / 255.0 if a.max() > 1.0 else a
+        a = _to_channels(a / 255.0 if a.max() > 1.0 else a, channels)
+        return a if size is None or a.shape[:2] == size[::-1] else _resize(a, size[::-1], None)
+    mode = "L" if channels == 1 else "RGB"
     with Image.open(file) as im:
-        im.load()
-        im = im.convert("RGB") if im.mode not in ("L", "RGB") else im
-        return np.asarray(im, dtype=np.float32) / 255.0
+        if size is not None and im.size != size:
+            im.draft(mode, size)  # JPEG decodes at 1/2, 1/4 or 1/8 scale directly: less memory and time
+        if im.mode not in _RESIZABLE:  # palette, 16-bit...: convert first, or resizing falls back to nearest
+            im = im.convert(mode)
+        if size is not None and im.size != size:
+            im = im.resize(size, Image.BILINEAR, reducing_gap=2.0)  # reduce() by an integer factor first
+        im = im.convert(mode) if im.mode != mode else im  # after resizing: converting a small image is cheap
+        return np.asarray(im, dtype=np.float32).reshape(im.size[1], im.size[0], channels) / 255.0
 
 
 def _to_channels(a: np.ndarray, channels: int) -> np.ndarray:
