@@ -150,7 +150,8 @@ def load_run(run_dir: str | Path) -> Run:
     """Read a run directory written by `dataaudit.Tracker`, merging ranks; the epoch in progress is skipped."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
-        raise store.RunFormatError(f"{run_dir}: no such run directory")
+        what = "is a file, not a run directory" if run_dir.exists() else "no such run directory"
+        raise store.RunFormatError(f"{run_dir}: {what}")
     manifests = [store.read_manifest(run_dir, 0)]
     for path in sorted(run_dir.glob("manifest.rank*.json")):
         rank = re.fullmatch(r"manifest\.rank([1-9]\d*)\.json", path.name)

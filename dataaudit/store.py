@@ -147,9 +147,21 @@ def _check_manifest_fields(path: Path, manifest: dict) -> None:
     for name, info in manifest["splits"].items():
         if not isinstance(info, dict) or not str(name).isidentifier():
             raise RunFormatError(f"{path}: damaged run manifest: split {name!r} is not a name with an object")
+        shape = info.get("input_shape")
+        if not (_is_count(info.get("dataset_size"), 0) and (shape is None or (
+                isinstance(shape, list) and all(_is_count(d, 1) for d in shape)))):
+            raise RunFormatError(f"{path}: damaged run manifest: split {name!r} has dataset_size "
+                                 f"{info.get('dataset_size')!r} and input_shape {shape!r}; expected a count and a "
+                                 "list of positive sizes (or null)")
+    if not _is_count(manifest.get("num_classes"), 1):
+        raise RunFormatError(f"{path}: damaged run manifest: expected num_classes to be a positive integer or "
+                             f"null; got {manifest.get('num_classes')!r}")
+    if not isinstance(manifest.get("sessions", []), list):
+        raise RunFormatError(f"{path}: damaged run manifest: expected 'sessions' to be a JSON list")
     for i, entry in enumerate(manifest["epochs"]):
         ok = (isinstance(entry, dict) and isinstance(entry.get("split"), str) and entry["split"] in manifest["splits"]
-              and _is_int(entry.get("epoch")) and entry["epoch"] >= 0 and isinstance(entry.get("complete"), bool))
+              and _is_int(entry.get("epoch")) and entry["epoch"] >= 0 and isinstance(entry.get("complete"), bool)
+              and _is_count(entry.get("rank"), 0))
         if not ok:
             raise RunFormatError(f"{path}: damaged run manifest: epochs[{i}] is not an entry with a known split, "
                                  f"an epoch number and complete: true/false; got {str(entry)[:80]}")
@@ -230,6 +242,11 @@ def _guarded(path: Path, read: Callable[[Path], Any]) -> Any:
 
 def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_count(value: Any, least: int) -> bool:
+    """None, or an integer >= least."""
+    return value is None or (_is_int(value) and value >= least)
 
 
 def _json_type(value: Any) -> str:

@@ -411,7 +411,7 @@ class Tracker:
             moved = store.move_uncommitted(self.path, set(manifest["files"]), rank=self.rank)
             session["resumed"] = True
             session["moved_to_partial"] = len(moved)
-            manifest["sessions"].append(session)
+            manifest.setdefault("sessions", []).append(session)
             return manifest
         if self.path.is_dir() and any(not store.is_run_entry(p.name) for p in self.path.iterdir()):
             raise ValueError(f"Tracker needs an empty or new directory, or an existing dataaudit run; "
