@@ -71,6 +71,9 @@ def _check_out(out: Path) -> None:
     """--out must be a folder or a new path; checked before the work, not after it."""
     if out.exists() and not out.is_dir():
         _fail(f"--out {out}: is a file; expected a folder for the reports (new or existing)")
+    parent = next((p for p in out.absolute().parents if p.exists()), None)
+    if parent is not None and not parent.is_dir():
+        _fail(f"--out {out}: {parent} is a file; expected a folder for the reports (new or existing)")
 
 
 def _finish(audit, out: Path, fail_on: str) -> None:

@@ -23,6 +23,8 @@ from dataaudit import store
 # label and pred are int32 (class indices, -1 = unknown): at 20M rows each int64 column costs 80 MB more.
 RECORD_COLUMNS = {"epoch": "int32", "sample_id": "int64", "loss": "float32", "prob": "float32",
                   "margin": "float32", "label": "int32", "pred": "int32", "fingerprint": "float32"}
+# Class indices a run without logits may hold (its labels set the number of classes).
+MAX_CLASSES = 1 << 20
 COVERAGE_COLUMNS = ["epoch", "seen", "unique", "missing", "duplicates", "complete", "order_hash"]
 
 
@@ -177,7 +179,8 @@ def load_run(run_dir: str | Path) -> Run:
             else:
                 files[(m["table"], m["split"], int(m["epoch"]))].append(run_dir / rel)
     epochs = [e for m in manifests for e in m["epochs"]]
-    splits = {name: _load_split(name, info, epochs, files) for name, info in meta["splits"].items()}
+    classes = meta.get("num_classes")
+    splits = {name: _load_split(name, info, epochs, files, classes) for name, info in meta["splits"].items()}
     # Data-parallel replicas step alike: one rank's optimizer telemetry stands for all (the lowest rank's).
     steps = _concat(_lowest_rank(step_files["steps"]), _empty_steps(), "steps")
     layers = _concat(_lowest_rank(step_files["layers"]), _empty_layers(), "layers")
@@ -190,7 +193,7 @@ def _lowest_rank(by_rank: dict[int, list[Path]]) -> list[Path]:
     return sorted(by_rank[min(by_rank)]) if by_rank else []
 
 
-def _load_split(name: str, info: dict, epochs: list[dict], files: dict) -> Split:
+def _load_split(name: str, info: dict, epochs: list[dict], files: dict, num_classes: int | None) -> Split:
     entries = [e for e in epochs if e["split"] == name]
     complete: dict[int, bool] = {}
     for e in entries:  # a rank that did not finish its pass makes the epoch incomplete
@@ -199,7 +202,7 @@ def _load_split(name: str, info: dict, epochs: list[dict], files: dict) -> Split
     # The records of an epoch, in order and with the drawn-but-unrecorded rows, are its draws.
     paths = [(e, f) for e in numbers for f in files.get(("records", name, e), [])]
     if paths:
-        rows = _read_records(paths)
+        rows = _read_records(paths, num_classes)
         epoch_of = rows.column("epoch").to_numpy()
         ids = rows.column("sample_id").to_numpy()
         draws = {e: ids[epoch_of == e] for e in numbers}
@@ -226,7 +229,7 @@ def _load_split(name: str, info: dict, epochs: list[dict], files: dict) -> Split
                 reservoir[e] = (table.column("sample_id").to_numpy(),
                                 values.values.to_numpy().reshape(len(values), values.type.list_size))
     has_probs = {e: fs for e in numbers if (fs := files.get(("records", name, e)))
-                 and "probs" in store.read_schema(fs[0], "records").names}
+                 and _has_probs(fs, num_classes)}
     size = info.get("dataset_size") if info.get("id_source", "index") == "index" else None
     shape = info.get("input_shape")
     return Split(name, records, coverage_table(draws, complete, size), draws=draws, features=features,
@@ -234,11 +237,29 @@ def _load_split(name: str, info: dict, epochs: list[dict], files: dict) -> Split
                  probs_source=has_probs)
 
 
-def _read_records(paths: list[tuple[int, Path]]) -> pa.Table:
+def _has_probs(paths: list[Path], num_classes: int | None) -> bool:
+    """Whether the records in `paths` store full probabilities, one per class of the run."""
+    schema = store.read_schema(paths[0], "records")
+    if "probs" not in schema.names:
+        return False
+    width = schema.field("probs").type.list_size
+    if num_classes is not None and width != num_classes:
+        raise store.RunFormatError(f"{paths[0]}: stores probabilities of {width} classes; the run has "
+                                   f"{num_classes} (num_classes in the manifest)")
+    return True
+
+
+def _read_records(paths: list[tuple[int, Path]], num_classes: int | None = None) -> pa.Table:
     """The records of (epoch, path) pairs as one table, narrowed file by file (label and pred to int32,
-    sample_id to int32 when every id fits), so that the wide columns of all the files are never held at once."""
+    sample_id to int32 when every id fits), so that the wide columns of all the files are never held at once.
+
+    Each file's epochs must be its partition's, and its labels and predictions class indices of the run
+    (below num_classes; below MAX_CLASSES when the run recorded no logits): a corrupt value would make
+    the checks allocate per class.
+    """
     small = pa.int32()
     limit = np.iinfo(np.int32)
+    classes = num_classes or MAX_CLASSES
     parts = []
     for epoch, path in paths:
         table = store.read_table(path, "records", columns=[*RECORD_COLUMNS, "recorded"])
@@ -246,6 +267,12 @@ def _read_records(paths: list[tuple[int, Path]]) -> pa.Table:
         if table.num_rows and not bounds["min"] == bounds["max"] == epoch:
             raise store.RunFormatError(f"{path}: holds rows of epochs {bounds['min']}..{bounds['max']}; "
                                        f"its partition is epoch {epoch} (a file moved or copied by hand?)")
+        for column in ("label", "pred"):
+            top = pa.compute.max(table.column(column)).as_py()
+            if top is not None and top >= classes:
+                raise store.RunFormatError(
+                    f"{path}: holds {column} {top}; the run has {classes} classes"
+                    + (" (num_classes in the manifest)" if num_classes else " at most (MAX_CLASSES, no logits)"))
         for name in ("label", "pred", "epoch"):
             i = table.schema.get_field_index(name)
             if i >= 0 and table.schema.field(i).type != small:

@@ -358,3 +358,25 @@ class _Opener:
 
     def __reduce__(self):
         return (open, (self.path, "w"))
+
+
+@pytest.mark.parametrize("case, expected", [
+    ("no rows", "data.npz: holds no samples"),
+    ("X one-dimensional", "X must be a numeric array of shape (n, features...); got shape (30,)"),
+    ("out under a file", "taken is a file; expected a folder"),
+])
+def test_hostile_datasets_and_outputs_exit_2_with_one_line(tmp_path, capsys, case, expected):
+    data = tmp_path / "data"
+    data.mkdir()
+    out = tmp_path / "out"
+    if case == "no rows":
+        np.savez(data / "data.npz", X=np.zeros((0, 3)), y=np.zeros(0, np.int64))
+    elif case == "X one-dimensional":
+        np.savez(data / "data.npz", X=np.zeros(30), y=np.arange(30) % 2)
+    else:
+        np.savez(data / "data.npz", X=np.zeros((30, 3)), y=np.arange(30) % 2)
+        (tmp_path / "taken").write_text("mine")
+        out = tmp_path / "taken" / "reports"
+    np.save(tmp_path / "pp.npy", np.full((30, 2), 0.5))
+    status, _, err = _run_app(capsys, "scan", data, "--pred-probs", tmp_path / "pp.npy", "--out", out)
+    assert status == 2 and expected in _one_line(err)

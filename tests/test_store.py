@@ -82,6 +82,20 @@ def _label_as_text(path):
     pq.write_table(table.set_column(i, "label", pa.array([str(v) for v in table.column(i).to_pylist()])), path)
 
 
+def _set_column(path, name, value):
+    table = pq.read_table(path)
+    i = table.schema.get_field_index(name)
+    pq.write_table(table.set_column(i, name, pa.array([value] * table.num_rows, table.schema.field(i).type)), path)
+
+
+def _set_probs_width(path, width):
+    import numpy as np
+
+    table = pq.read_table(path)
+    probs = pa.FixedSizeListArray.from_arrays(pa.array(np.full(table.num_rows * width, 1 / width, np.float32)), width)
+    pq.write_table(table.set_column(table.schema.get_field_index("probs"), "probs", probs), path)
+
+
 DAMAGE = {
     "manifest not UTF-8": (lambda d: (d / "manifest.json").write_bytes(b'{"format": "\xff\xfe"}'),
                            "manifest.json: unreadable run manifest (not UTF-8"),
@@ -102,6 +116,14 @@ DAMAGE = {
                                  "expected num_classes to be a positive integer or null; got 'three'"),
     "dataset size negative": (lambda d: _set_manifest(d, {**_manifest(d), "splits": {"train": {"dataset_size": -4}}}),
                               "split 'train' has dataset_size -4"),
+    "label far out of range": (lambda d: _set_column(_first(d, "records/*/epoch=0/*/*.parquet"), "label", 10**9),
+                               "holds label 1000000000; the run has 3 classes"),  # was: killed for memory
+    "pred out of range": (lambda d: _set_column(_first(d, "records/*/epoch=2/*/*.parquet"), "pred", 7),
+                          "holds pred 7; the run has 3 classes"),
+    "num_classes below the labels": (lambda d: _set_manifest(d, {**_manifest(d), "num_classes": 2}),
+                                     "the run has 2 classes (num_classes in the manifest)"),
+    "probs of another width": (lambda d: _set_probs_width(_first(d, "records/*/epoch=1/*/*.parquet"), 5),
+                               "stores probabilities of 5 classes; the run has 3"),
     "part truncated": (lambda d: _truncate(_first(d, "records/*/epoch=1/*/*.parquet")),
                        "epoch=1/rank=0/part-"),
     "sketch truncated": (lambda d: _truncate(_first(d, "sketch/*/epoch=0/*/features.parquet")),

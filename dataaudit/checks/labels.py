@@ -265,7 +265,8 @@ def _windows(d: Dynamics, first: int, ends: list[int], k: int) -> Iterator[tuple
             yield end, None, aum
             continue
         # float32 sum divided by the count, as np.nanmean over the stacked epochs would
-        pp = np.divide(total, count, dtype=np.float64).astype(np.float32)
+        with np.errstate(invalid="ignore", divide="ignore"):  # samples never drawn in the window: 0 / 0
+            pp = np.divide(total, count, dtype=np.float64).astype(np.float32)
         pp = pp.astype(np.float64)
         pp = np.where(np.isfinite(pp), pp, 1.0 / k)
         pp = np.clip(pp, 1e-9, None)

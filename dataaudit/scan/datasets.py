@@ -72,6 +72,8 @@ def _encode(values: np.ndarray, source: Path) -> tuple[np.ndarray, list[str] | N
     values = np.asarray(values)
     if values.ndim != 1:
         raise ScanInputError(f"{source}: labels must be one-dimensional; got shape {values.shape}")
+    if len(values) == 0:
+        raise ScanInputError(f"{source}: holds no samples; expected at least one labelled sample")
     if values.dtype.kind in "iu":
         if len(values) and values.min() < 0:
             raise ScanInputError(f"{source}: labels must be class indices >= 0; got {values.min()}")
@@ -99,8 +101,9 @@ def _load_npz(file: Path) -> Dataset:
     labels, names = _encode(y, file)
     if len(X) != len(labels):
         raise ScanInputError(f"{file}: X and y must have the same length; got {len(X)} and {len(labels)}")
-    if X.dtype.kind not in "iufb":
-        raise ScanInputError(f"{file}: X must be numeric; got dtype {X.dtype}")
+    if X.dtype.kind not in "iufb" or X.ndim < 2:
+        raise ScanInputError(f"{file}: X must be a numeric array of shape (n, features...); got shape {X.shape}, "
+                             f"dtype {X.dtype}")
     X = X.astype(np.float32)
     check_finite(X, f"{file} (X)")
     return Dataset(labels, X, file.parent, "npz", names)
@@ -112,9 +115,10 @@ def _load_label_files(path: Path) -> Dataset:
     features = None
     if (path / "features.npy").is_file():
         features = _read_npy(path / "features.npy")
-        if len(features) != len(labels) or features.dtype.kind not in "iufb":
+        if len(features) != len(labels) or features.dtype.kind not in "iufb" or features.ndim < 2:
             raise ScanInputError(f"{path / 'features.npy'}: expected numeric features with {len(labels)} rows "
-                                 f"(one per label); got shape {features.shape}, dtype {features.dtype}")
+                                 f"(one per label, shape (n, features...)); got shape {features.shape}, "
+                                 f"dtype {features.dtype}")
         features = features.astype(np.float32)
         check_finite(features, str(path / "features.npy"))
     return Dataset(labels, features, path, "labels", names)
