@@ -65,7 +65,7 @@ def acquire(run_dir: Path, rank: int, *, session: str) -> RankLock:
 
 def release(lock: RankLock | None) -> None:
     """Remove the lock if it is still this holder's (a taker of a stale lock owns it now otherwise)."""
-    if lock is None:
+    if lock is None or lock.holder["pid"] != os.getpid():  # a forked child (a loader worker) owns no lock
         return
     _HELD.discard(str(lock.path))
     holder = _read(lock.path)

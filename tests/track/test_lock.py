@@ -131,3 +131,16 @@ def test_a_lock_from_another_host_is_refused_with_how_to_clear_it(run_dir):
     _plant(run_dir, host="elsewhere-node-7", pid=4242)
     with pytest.raises(lock.RunLockedError, match="on host 'elsewhere-node-7'.*If that process is gone, delete"):
         dataaudit.Tracker(run_dir)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="fork")
+def test_a_forked_child_never_releases_its_parents_lock(run_dir):
+    tracker = dataaudit.Tracker(run_dir)
+    pid = os.fork()
+    if pid == 0:  # as a DataLoader worker would, were it to drop its copy of the tracker
+        lock.release(tracker._lock)
+        os._exit(0)
+    os.waitpid(pid, 0)
+    assert json.loads(lock.lock_path(run_dir, 0).read_text())["pid"] == os.getpid()
+    tracker.close()
+    assert not lock.lock_path(run_dir, 0).exists()
