@@ -23,8 +23,6 @@ from dataaudit import store
 # label and pred are int32 (class indices, -1 = unknown): at 20M rows each int64 column costs 80 MB more.
 RECORD_COLUMNS = {"epoch": "int32", "sample_id": "int64", "loss": "float32", "prob": "float32",
                   "margin": "float32", "label": "int32", "pred": "int32", "fingerprint": "float32"}
-# Class indices a run without logits may hold (its labels set the number of classes).
-MAX_CLASSES = 1 << 20
 COVERAGE_COLUMNS = ["epoch", "seen", "unique", "missing", "duplicates", "complete", "order_hash"]
 
 
@@ -259,7 +257,7 @@ def _read_records(paths: list[tuple[int, Path]], num_classes: int | None = None)
     """
     small = pa.int32()
     limit = np.iinfo(np.int32)
-    classes = num_classes or MAX_CLASSES
+    classes = max(num_classes, 2) if num_classes else store.MAX_CLASSES  # one logit: binary, labels 0 and 1
     parts = []
     for epoch, path in paths:
         table = store.read_table(path, "records", columns=[*RECORD_COLUMNS, "recorded"])
@@ -276,7 +274,12 @@ def _read_records(paths: list[tuple[int, Path]], num_classes: int | None = None)
         for name in ("label", "pred", "epoch"):
             i = table.schema.get_field_index(name)
             if i >= 0 and table.schema.field(i).type != small:
-                table = table.set_column(i, name, pa.compute.cast(table.column(i), small))
+                # any negative class index means "no label": -1 (a NaN target cast to int is -2^63)
+                column = pa.compute.max_element_wise(table.column(i), -1) if name != "epoch" else table.column(i)
+                try:
+                    table = table.set_column(i, name, pa.compute.cast(column, small))
+                except pa.ArrowException as e:
+                    raise store.RunFormatError(f"{path}: column {name!r} out of range ({e})") from None
         parts.append(table)
     ids = [t.column("sample_id") for t in parts if t.num_rows]
     bounds = [pa.compute.min_max(c).as_py() for c in ids]

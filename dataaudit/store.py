@@ -37,6 +37,9 @@ import pyarrow.parquet as pq
 FORMAT = "dataaudit-run"
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
+# Class indices a run without logits may hold (its labels then set the number of classes; the checks
+# allocate per class).
+MAX_CLASSES = 1 << 20
 _DICTIONARY_COLUMNS = {"epoch", "label", "pred", "param", "skipped", "clipped", "recorded"}
 
 

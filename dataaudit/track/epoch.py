@@ -113,6 +113,7 @@ def records_table(rows: list[dict], epoch: int, *, store_probs: bool) -> pa.Tabl
         "pred": np.full(total, -1, np.int64),
         "fingerprint": _gather(rows, "fingerprint", n, np.float32, np.nan),
     }
+    check_target_range(labels, store.MAX_CLASSES, epoch=epoch, logits=False)  # indices the checks can count
     has_logits = np.repeat([("logits" in r) for r in rows], n)
     if has_logits.any():
         logits = torch.cat([r["logits"] for r in rows if "logits" in r]).cpu().numpy()

@@ -289,6 +289,9 @@ class Tracker:
 
     def _check_inputs(self, epoch: EpochBuffer, inputs: torch.Tensor) -> torch.Tensor:
         shape = list(inputs.shape[1:])
+        if inputs[0].numel() == 0:
+            raise ValueError(f"record() needs inputs with at least one value per sample; got shape "
+                             f"{tuple(inputs.shape)}")
         info = self._manifest["splits"][epoch.split]
         if "input_shape" not in info:
             info["input_shape"] = shape

@@ -224,3 +224,36 @@ def test_negative_ignore_targets_and_binary_targets_are_kept(run_dir, targets, w
             tracker.record(torch.zeros(10), logits=torch.zeros(10, width), targets=targets(y))
     run = dataaudit.load_run(run_dir)
     assert len(run.records) == 40
+
+
+def test_targets_beyond_what_the_checks_count_are_refused_without_logits(run_dir):
+    from dataaudit.store import MAX_CLASSES
+    from dataaudit.track.batch import TargetRangeError
+
+    tracker = dataaudit.Tracker(run_dir, flush_rows=10)
+    with pytest.raises(TargetRangeError, match=f"targets up to {10**9 + 3}.*below {MAX_CLASSES}"):
+        for _x, y in tracker.wrap(_loader(k=4)):
+            tracker.record(torch.zeros(10), targets=y + 10**9)
+    tracker.close()
+
+
+@pytest.mark.parametrize("call, error, message", [
+    (lambda t, y: t.record(torch.zeros(10), targets=["cat"] * 10), TypeError, "targets as class indices"),
+    (lambda t, y: t.record(torch.zeros(10), targets=y, inputs=torch.zeros(10, 0)), ValueError,
+     "at least one value per sample"),
+])
+def test_targets_and_inputs_of_the_wrong_kind_are_named(open_batch, call, error, message):
+    tracker, _x, y = open_batch
+    with pytest.raises(error, match=message):
+        call(tracker, y)
+
+
+def test_nan_float_targets_are_kept_as_no_label(run_dir):
+    """A NaN target cast to an integer is -2^63: recorded, then read back as unknown (-1)."""
+    with dataaudit.Tracker(run_dir, flush_rows=10) as tracker:
+        for _x, y in tracker.wrap(_loader(k=3)):
+            targets = y.float()
+            targets[0] = float("nan")
+            tracker.record(torch.zeros(10), logits=torch.zeros(10, 3), targets=targets)
+    records = dataaudit.load_run(run_dir).records
+    assert (records["label"] == -1).sum() == 4 and records["label"].min() == -1
