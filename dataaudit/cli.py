@@ -123,13 +123,15 @@ def report(run_dir: Path = typer.Argument(..., help="A run directory written by 
 @app.command()
 def scan(dataset_dir: Path = typer.Argument(..., help="data.npz, one .csv/.parquet table, class folders of "
                                                       "images, or labels.npy (+ features.npy)."),
-         model: Path | None = typer.Option(None, "--model", help="Checkpoint: TorchScript, .pt2 (torch.export), "
-                                                                  "a state_dict (with --arch) or a pickled module."),
+         model: Path | None = typer.Option(None, "--model", help="Checkpoint: TorchScript, a state_dict (with "
+                                                                  "--arch), or with --trust-pickle a pickled module "
+                                                                  "or a .pt2 (torch.export)."),
          pred_probs: Path | None = typer.Option(None, "--pred-probs",
                                                 help="Out-of-sample predicted probabilities, shape (n, k), .npy."),
          arch: str | None = typer.Option(None, "--arch", help="module:callable building the model of a state_dict."),
          trust_pickle: bool = typer.Option(False, "--trust-pickle",
-                                           help="Allow unpickling a whole module (runs code: trusted files only)."),
+                                           help="Allow loading a pickled module or a .pt2 (both run code from "
+                                                "the file: trusted files only)."),
          run: Path | None = typer.Option(None, "--run", help="A tracked run of this dataset: its audit, "
                                                             "with the scan's label issues added."),
          out: Path = typer.Option(Path("reports"), help="Where audit.html, audit.json and flagged.csv go."),
