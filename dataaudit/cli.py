@@ -1,19 +1,58 @@
 """The command line: parses, calls the library, and turns the worst finding into the exit status.
 
-Exit status: 0 ran and found nothing at or above --fail-on, 1 found something, 2 bad input.
+Exit status (README, "Exit status"): 0 ran and found nothing at or above --fail-on, 1 found something,
+2 bad input or a damaged run (one line on stderr), 3 an internal error (one line; DATAAUDIT_DEBUG=1 shows
+the traceback), 130 interrupted.
 """
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
 import typer
 
+EXIT_OK, EXIT_FOUND, EXIT_INPUT, EXIT_INTERNAL, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+
+
+class _App(typer.Typer):
+    """The program: every way of failing ends in one line on stderr and an exit status that says which.
+
+    Calling it (the console script, `app([...])`) runs typer without its standalone mode, so that usage
+    errors and unexpected exceptions come back here instead of as a framed box or a traceback.
+    """
+
+    def __call__(self, args: list[str] | None = None, **kwargs) -> None:
+        from typer._click import exceptions as click_errors
+
+        kwargs.update(standalone_mode=False)
+        kwargs.setdefault("prog_name", "dataaudit")
+        try:
+            status = super().__call__(args, **kwargs)
+        except click_errors.NoArgsIsHelpError as e:  # bare `dataaudit`: the help, as before
+            e.show()
+            sys.exit(EXIT_INPUT)
+        except click_errors.UsageError as e:  # bad option values, unknown options, missing arguments
+            where = f" (see '{e.ctx.command_path} --help')" if e.ctx is not None else ""
+            _say(f"{_one_line(e.format_message())}{where}")
+            sys.exit(EXIT_INPUT)
+        except click_errors.ClickException as e:
+            _say(_one_line(e.format_message()))
+            sys.exit(EXIT_INPUT)
+        except Exception as e:
+            if os.environ.get("DATAAUDIT_DEBUG"):
+                raise
+            _say(f"internal error: {type(e).__name__}: {_one_line(str(e))} (a bug in dataaudit: rerun with "
+                 "DATAAUDIT_DEBUG=1 for the traceback, and report it)")
+            sys.exit(EXIT_INTERNAL)
+        sys.exit(status if isinstance(status, int) else EXIT_OK)
+
+
 # Plain help (rich_markup_mode=None): typer's rich formatting imports rich and markdown-it, a third of the
 # time `dataaudit --help` takes.
-app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
-                  pretty_exceptions_enable=False, context_settings={"help_option_names": ["-h", "--help"]},
-                  help="Trace a training-loss plateau to the data or the optimizer.")
+app = _App(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
+           pretty_exceptions_enable=False, context_settings={"help_option_names": ["-h", "--help"]},
+           help="Trace a training-loss plateau to the data or the optimizer.")
 
 # "never": no finding makes the exit status 1 (what the demo, whose noise is planted, defaults to)
 _SEVERITY = {"info": 0, "warning": 1, "critical": 2, "never": 3}
@@ -35,19 +74,39 @@ def _main(version: bool = typer.Option(False, "--version", callback=_version, is
     """Trace a training-loss plateau to the data or the optimizer."""
 
 
-def _fail(message: str) -> None:
+def _say(message: str) -> None:
     typer.echo(f"dataaudit: {message}", err=True)
-    raise typer.Exit(2)
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split()) or "no message"
+
+
+def _fail(message: str) -> None:
+    _say(_one_line(message))
+    raise typer.Exit(EXIT_INPUT)
+
+
+def _check_out(out: Path) -> None:
+    """--out must be a folder or a new path; checked before the work, not after it."""
+    if out.exists() and not out.is_dir():
+        _fail(f"--out {out}: is a file; expected a folder for the reports (new or existing)")
+    parent = next((p for p in out.absolute().parents if p.exists()), None)
+    if parent is not None and not parent.is_dir():
+        _fail(f"--out {out}: {parent} is a file; expected a folder for the reports (new or existing)")
 
 
 def _finish(audit, out: Path, fail_on: str) -> None:
     from dataaudit.issues import flagged_rows
 
-    out.mkdir(parents=True, exist_ok=True)
-    flagged = flagged_rows(audit)
-    flagged.to_csv(out / "flagged.csv", index=False)
-    audit.write_json(out / "audit.json")
-    audit.write_html(out / "audit.html")
+    flagged = flagged_table(audit)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        flagged.to_csv(out / "flagged.csv", index=False)
+        audit.write_json(out / "audit.json")
+        audit.write_html(out / "audit.html")
+    except OSError as e:
+        _fail(f"--out {out}: cannot write the reports ({type(e).__name__}: {e.strerror or e})")
     kind = "target" if audit.run_summary.get("task") == "regression" else "label"
     typer.echo(f"{len(flagged)} suspected {kind} errors in {out / 'flagged.csv'} "
                f"(every sample: audit.issues() in Python)")
@@ -81,6 +140,7 @@ def report(run_dir: Path = typer.Argument(..., help="A run directory written by 
     if data is not None and not data.is_dir():
         _fail(f"--data {data}: expected the training dataset's image folder (<class>/<image>); "
               "got no such directory")
+    _check_out(out)
     try:
         audit = analyze(run_dir, progress=None, dataset=data)
     except RunFormatError as e:
@@ -91,13 +151,15 @@ def report(run_dir: Path = typer.Argument(..., help="A run directory written by 
 @app.command()
 def scan(dataset_dir: Path = typer.Argument(..., help="data.npz, one .csv/.parquet table, class folders of "
                                                       "images, or labels.npy (+ features.npy)."),
-         model: Path | None = typer.Option(None, "--model", help="Checkpoint: TorchScript, .pt2 (torch.export), "
-                                                                  "a state_dict (with --arch) or a pickled module."),
+         model: Path | None = typer.Option(None, "--model", help="Checkpoint: TorchScript, a state_dict (with "
+                                                                  "--arch), or with --trust-pickle a pickled module "
+                                                                  "or a .pt2 (torch.export)."),
          pred_probs: Path | None = typer.Option(None, "--pred-probs",
                                                 help="Out-of-sample predicted probabilities, shape (n, k), .npy."),
          arch: str | None = typer.Option(None, "--arch", help="module:callable building the model of a state_dict."),
          trust_pickle: bool = typer.Option(False, "--trust-pickle",
-                                           help="Allow unpickling a whole module (runs code: trusted files only)."),
+                                           help="Allow loading a pickled module or a .pt2 (both run code from "
+                                                "the file: trusted files only)."),
          run: Path | None = typer.Option(None, "--run", help="A tracked run of this dataset: its audit, "
                                                             "with the scan's label issues added."),
          out: Path = typer.Option(Path("reports"), help="Where audit.html, audit.json and flagged.csv go."),
@@ -113,8 +175,10 @@ def scan(dataset_dir: Path = typer.Argument(..., help="data.npz, one .csv/.parqu
         _fail(f"--device: expected cpu or cuda; got {device!r}")
     if arch is not None and model is None:
         _fail("--arch needs --model (a state_dict checkpoint)")
+    _check_out(out)
     from dataaudit.scan import ScanInputError
     from dataaudit.scan import scan as run_scan
+    from dataaudit.store import RunFormatError
 
     if device.startswith("cuda"):
         import torch
@@ -124,7 +188,7 @@ def scan(dataset_dir: Path = typer.Argument(..., help="data.npz, one .csv/.parqu
         audit = run_scan(dataset_dir, model=model, pred_probs=pred_probs, run=run, arch=arch,
                          trust_pickle=trust_pickle, device=device, label_col=label_col, batch_size=batch_size,
                          log=lambda line: typer.echo(line, err=True), progress=None)
-    except ScanInputError as e:
+    except (ScanInputError, RunFormatError) as e:
         _fail(str(e))
     _finish(audit, out, fail_on)
 
@@ -139,13 +203,14 @@ def demo(out: Path = typer.Option(Path("reports"), help="Where the run and the r
     """Train a small model on digits with planted label noise, track it, and write the audit."""
     from dataaudit.demo import run_demo
 
+    _check_out(out)
     typer.echo(f"training an MLP on scikit-learn's digits with {noise:.0%} of labels flipped, {epochs} epochs...")
     audit = run_demo(out, epochs=epochs, noise_rate=noise, progress=None)
     _finish(audit, out, fail_on)
 
 
 def main() -> None:  # pragma: no cover
-    sys.exit(app())
+    app()
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -16,7 +16,6 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute  # noqa: F401  (pa.compute)
-import pyarrow.parquet as pq
 
 from dataaudit import store
 
@@ -27,7 +26,6 @@ RECORD_COLUMNS = {"epoch": "int32", "sample_id": "int64", "loss": "float32", "pr
 # Written only by some runs: the target of a regression run, the entropy of soft targets (float32; NaN elsewhere).
 OPTIONAL_RECORD_COLUMNS = {"target": "float32", "target_entropy": "float32", "target_prob": "float32"}
 COVERAGE_COLUMNS = ["epoch", "seen", "unique", "missing", "duplicates", "complete", "order_hash"]
-_PARTITION = re.compile(r"^(?P<table>\w+)/(?:split=(?P<split>\w+)/)?epoch=(?P<epoch>\d+)/rank=(?P<rank>\d+)/")
 
 
 @dataclass(frozen=True)
@@ -79,8 +77,10 @@ class Split:
             return source
         if probs_kind(source) == "top-k":
             return top_k_probs(source, num_classes)
-        parts = [pq.read_table(path, columns=["sample_id", "probs", "recorded"]) for path in source]
-        table = pa.concat_tables(parts)
+        parts = [store.read_table(path, "records", columns=["sample_id", "probs", "recorded"]) for path in source]
+        if any("probs" not in t.column_names for t in parts):
+            return None
+        table = store.concat(parts, list(source))
         table = table.filter(table.column("recorded"))
         column = table.column("probs").combine_chunks()
         if column.null_count == len(column):
@@ -178,28 +178,38 @@ def load_run(run_dir: str | Path) -> Run:
     """Read a run directory written by `dataaudit.Tracker`, merging ranks; the epoch in progress is skipped."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
-        raise store.RunFormatError(f"{run_dir}: no such run directory")
+        what = "is a file, not a run directory" if run_dir.exists() else "no such run directory"
+        raise store.RunFormatError(f"{run_dir}: {what}")
     manifests = [store.read_manifest(run_dir, 0)]
     for path in sorted(run_dir.glob("manifest.rank*.json")):
-        manifests.append(store.read_manifest(run_dir, int(path.stem.split("rank")[1])))
+        rank = re.fullmatch(r"manifest\.rank([1-9]\d*)\.json", path.name)
+        if rank is None:
+            raise store.RunFormatError(f"{path}: not a rank manifest name (expected manifest.rankN.json, N >= 1)")
+        manifests.append(store.read_manifest(run_dir, int(rank[1])))
+    # A run that lists files it does not hold is damaged: its verdict would silently change (see README).
+    missing = [f"{store.manifest_name(m.get('rank', 0))}: {rel}" for m in manifests
+               for rel in store.missing_files(run_dir, m)]
+    if missing:
+        raise store.RunFormatError(f"{run_dir}: damaged run: {len(missing)} listed files are missing "
+                                   f"({'; '.join(missing[:3])}{'...' if len(missing) > 3 else ''}); "
+                                   "restore them from a full copy of the run")
     # what each rank saw of each split, to tell ranks that disagree on the dataset
     meta = {**manifests[0], "ranks": [{"rank": m.get("rank", 0), "splits": m["splits"]} for m in manifests]}
     files: dict[tuple[str, str | None, int], list[Path]] = defaultdict(list)
     step_files: dict[str, dict[int, list[Path]]] = {"steps": defaultdict(list), "layers": defaultdict(list)}
     for manifest in manifests:
         for rel in manifest["files"]:
-            m = _PARTITION.match(rel)
-            if not m or not (run_dir / rel).is_file():
-                continue
+            m = store.LISTED_FILE.match(rel)
             if m["table"] in step_files:
                 step_files[m["table"]][int(m["rank"])].append(run_dir / rel)
             else:
                 files[(m["table"], m["split"], int(m["epoch"]))].append(run_dir / rel)
     epochs = [e for m in manifests for e in m["epochs"]]
-    splits = {name: _load_split(name, info, epochs, files) for name, info in meta["splits"].items()}
+    classes = meta.get("num_classes")
+    splits = {name: _load_split(name, info, epochs, files, classes) for name, info in meta["splits"].items()}
     # Data-parallel replicas step alike: one rank's optimizer telemetry stands for all (the lowest rank's).
-    steps = _concat(_lowest_rank(step_files["steps"]), _empty_steps())
-    layers = _concat(_lowest_rank(step_files["layers"]), _empty_layers())
+    steps = _concat(_lowest_rank(step_files["steps"]), _empty_steps(), "steps")
+    layers = _concat(_lowest_rank(step_files["layers"]), _empty_layers(), "layers")
     if len(steps):
         steps = steps.sort_values(["epoch", "attempt"], kind="stable").reset_index(drop=True)
     return Run(splits, steps, layers, meta, path=run_dir)
@@ -209,16 +219,16 @@ def _lowest_rank(by_rank: dict[int, list[Path]]) -> list[Path]:
     return sorted(by_rank[min(by_rank)]) if by_rank else []
 
 
-def _load_split(name: str, info: dict, epochs: list[dict], files: dict) -> Split:
+def _load_split(name: str, info: dict, epochs: list[dict], files: dict, num_classes: int | None) -> Split:
     entries = [e for e in epochs if e["split"] == name]
     complete: dict[int, bool] = {}
     for e in entries:  # a rank that did not finish its pass makes the epoch incomplete
         complete[e["epoch"]] = complete.get(e["epoch"], True) and bool(e["complete"])
     numbers = sorted(complete)
     # The records of an epoch, in order and with the drawn-but-unrecorded rows, are its draws.
-    paths = [f for e in numbers for f in files.get(("records", name, e), [])]
+    paths = [(e, f) for e in numbers for f in files.get(("records", name, e), [])]
     if paths:
-        rows = _read_records(paths)
+        rows = _read_records(paths, num_classes)
         epoch_of = rows.column("epoch").to_numpy()
         ids = rows.column("sample_id").to_numpy()
         draws = {e: ids[epoch_of == e] for e in numbers}
@@ -238,14 +248,14 @@ def _load_split(name: str, info: dict, epochs: list[dict], files: dict) -> Split
     for e in numbers:
         for path in files.get(("sketch", name, e), []):
             if path.name.startswith("features"):
-                features[e] = pq.read_table(path).to_pandas()
+                features[e] = store.read_table(path, "features").to_pandas()
             elif path.name.startswith("reservoir"):
-                table = pq.read_table(path)
+                table = store.read_table(path, "reservoir")
                 values = table.column("value").combine_chunks()
                 reservoir[e] = (table.column("sample_id").to_numpy(),
                                 values.values.to_numpy().reshape(len(values), values.type.list_size))
     has_probs = {e: fs for e in numbers if (fs := files.get(("records", name, e)))
-                 and {"probs", "topk_probs"} & set(pq.read_schema(fs[0]).names)}
+                 and _has_probs(fs, num_classes)}
     size = info.get("dataset_size") if info.get("id_source", "index") == "index" else None
     shape = info.get("input_shape")
     return Split(name, records, coverage_table(draws, complete, size), draws=draws, features=features,
@@ -300,20 +310,55 @@ def top_k_probs(paths: list[Path], num_classes: int | None) -> tuple[np.ndarray,
     return table.column("sample_id").to_numpy(), out
 
 
-def _read_records(paths: list[Path]) -> pa.Table:
-    """The records of `paths` as one table, narrowed file by file (label and pred to int32, sample_id to int32
-    when every id fits), so that the wide columns of all the files are never held at once."""
+def _has_probs(paths: list[Path], num_classes: int | None) -> bool:
+    """Whether the records in `paths` store probabilities: all of them (one per class of the run) or the top k."""
+    schema = store.read_schema(paths[0], "records")
+    if "topk_probs" in schema.names:
+        return True
+    if "probs" not in schema.names:
+        return False
+    width = schema.field("probs").type.list_size
+    if num_classes is not None and width != num_classes:
+        raise store.RunFormatError(f"{paths[0]}: stores probabilities of {width} classes; the run has "
+                                   f"{num_classes} (num_classes in the manifest)")
+    return True
+
+
+def _read_records(paths: list[tuple[int, Path]], num_classes: int | None = None) -> pa.Table:
+    """The records of (epoch, path) pairs as one table, narrowed file by file (label and pred to int32,
+    sample_id to int32 when every id fits), so that the wide columns of all the files are never held at once.
+
+    Each file's epochs must be its partition's, and its labels and predictions class indices of the run
+    (below num_classes; below MAX_CLASSES when the run recorded no logits): a corrupt value would make
+    the checks allocate per class.
+    """
     small = pa.int32()
     limit = np.iinfo(np.int32)
+    classes = max(num_classes, 2) if num_classes else store.MAX_CLASSES  # one logit: binary, labels 0 and 1
     parts = []
-    for path in paths:
-        present = set(pq.read_schema(path).names)
+    for epoch, path in paths:
+        present = set(store.read_schema(path, "records").names)
         optional = [c for c in OPTIONAL_RECORD_COLUMNS if c in present]
-        table = pq.read_table(path, columns=[*RECORD_COLUMNS, *optional, "recorded"])
+        table = store.read_table(path, "records", columns=[*RECORD_COLUMNS, *optional, "recorded"])
+        bounds = pa.compute.min_max(table.column("epoch")).as_py()
+        if table.num_rows and not bounds["min"] == bounds["max"] == epoch:
+            raise store.RunFormatError(f"{path}: holds rows of epochs {bounds['min']}..{bounds['max']}; "
+                                       f"its partition is epoch {epoch} (a file moved or copied by hand?)")
+        for column in ("label", "pred"):
+            top = pa.compute.max(table.column(column)).as_py()
+            if top is not None and top >= classes:
+                raise store.RunFormatError(
+                    f"{path}: holds {column} {top}; the run has {classes} classes"
+                    + (" (num_classes in the manifest)" if num_classes else " at most (MAX_CLASSES, no logits)"))
         for name in ("label", "pred", "epoch"):
             i = table.schema.get_field_index(name)
             if i >= 0 and table.schema.field(i).type != small:
-                table = table.set_column(i, name, pa.compute.cast(table.column(i), small))
+                # any negative class index means "no label": -1 (a NaN target cast to int is -2^63)
+                column = pa.compute.max_element_wise(table.column(i), -1) if name != "epoch" else table.column(i)
+                try:
+                    table = table.set_column(i, name, pa.compute.cast(column, small))
+                except pa.ArrowException as e:
+                    raise store.RunFormatError(f"{path}: column {name!r} out of range ({e})") from None
         parts.append(table)
     ids = [t.column("sample_id") for t in parts if t.num_rows]
     bounds = [pa.compute.min_max(c).as_py() for c in ids]
@@ -323,7 +368,7 @@ def _read_records(paths: list[Path]) -> pa.Table:
         i = table.schema.get_field_index("sample_id")
         if table.schema.field(i).type != target:
             parts[k] = table.set_column(i, "sample_id", pa.compute.cast(table.column(i), target))
-    return pa.concat_tables(parts, promote_options="default")
+    return store.concat(parts, [p for _, p in paths])
 
 
 def unique_ids(ids: np.ndarray, *, return_inverse: bool = False):
@@ -390,11 +435,10 @@ def _order_hash(ids: np.ndarray) -> str:
     return hashlib.blake2b(np.ascontiguousarray(ids, dtype=np.int64).tobytes(), digest_size=8).hexdigest()
 
 
-def _concat(paths: list[Path], empty: pd.DataFrame, columns: list[str] | None = None) -> pd.DataFrame:
+def _concat(paths: list[Path], empty: pd.DataFrame, schema: str) -> pd.DataFrame:
     if not paths:
         return empty
-    table = pa.concat_tables([pq.read_table(p, columns=columns) for p in paths], promote_options="default")
-    return table.to_pandas()
+    return store.concat([store.read_table(p, schema) for p in paths], paths).to_pandas()
 
 
 def _empty_records() -> pd.DataFrame:

@@ -227,3 +227,170 @@ def test_report_on_a_missing_run_exits_2(tmp_path):
     assert result.returncode == 2
     assert result.stderr.strip().count("\n") == 0 and "no such run directory" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+# ------------------------------------------------- every failure: one line on stderr and a status that says which
+
+
+def _run_app(capsys, *args):
+    """The program as the console script runs it: (exit status, stdout, stderr)."""
+    with pytest.raises(SystemExit) as done:
+        app([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return done.value.code, out, err
+
+
+def _one_line(err):
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("dataaudit: "), err
+    assert "Traceback" not in err and "─" not in err and "╭" not in err
+    return lines[0]
+
+
+def test_a_damaged_run_exits_2_with_one_line(run_copy, capsys):
+    part = sorted(run_copy.glob("records/*/epoch=1/*/*.parquet"))[0]
+    part.write_bytes(part.read_bytes()[:100])
+    status, _, err = _run_app(capsys, "report", run_copy, "--out", run_copy.parent / "out")
+    assert status == 2
+    assert part.name in _one_line(err) and "unreadable Parquet file" in err
+
+
+def test_a_run_missing_a_file_exits_2_naming_it(run_copy, capsys):
+    part = sorted(run_copy.glob("sketch/*/epoch=2/*/features.parquet"))[0]
+    part.unlink()
+    status, _, err = _run_app(capsys, "report", run_copy, "--out", run_copy.parent / "out")
+    assert status == 2 and "damaged run" in _one_line(err) and "epoch=2/rank=0/features.parquet" in err
+
+
+def test_out_naming_a_file_exits_2(built_run, tmp_path, capsys):
+    (tmp_path / "taken").write_text("mine")
+    status, _, err = _run_app(capsys, "report", built_run, "--out", tmp_path / "taken")
+    assert status == 2 and "--out" in _one_line(err) and "is a file" in err
+    assert (tmp_path / "taken").read_text() == "mine"
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["scan", "DATA", "--pred-probs", "pp.npy", "--batch-size", "0"], "--batch-size"),
+    (["report", "RUN", "--fail-on", "bogus"], "expected one of info, warning, critical; got 'bogus'"),
+    (["report", "RUN", "--no-such-option"], "--no-such-option"),
+    (["report"], "Missing argument"),
+])
+def test_usage_errors_are_one_line_exit_2(capsys, args, expected):
+    status, _, err = _run_app(capsys, *args)
+    assert status == 2 and expected in _one_line(err)
+
+
+def test_an_internal_error_exits_3_with_one_line_and_a_hint(built_run, tmp_path, capsys, monkeypatch):
+    import dataaudit
+
+    def broken(*_a, **_k):
+        raise KeyError("a bug")
+
+    monkeypatch.setattr(dataaudit, "analyze", broken)
+    monkeypatch.delenv("DATAAUDIT_DEBUG", raising=False)
+    status, _, err = _run_app(capsys, "report", built_run, "--out", tmp_path / "out")
+    assert status == 3 and "internal error: KeyError" in _one_line(err) and "DATAAUDIT_DEBUG=1" in err
+    monkeypatch.setenv("DATAAUDIT_DEBUG", "1")
+    with pytest.raises(KeyError):
+        app(["report", str(built_run), "--out", str(tmp_path / "out")])
+
+
+def test_the_program_exits_with_the_findings_status(built_run, tmp_path, capsys):
+    status, out, _ = _run_app(capsys, "report", built_run, "--out", tmp_path / "out", "--fail-on", "info")
+    findings = json.loads((tmp_path / "out" / "audit.json").read_text())["findings"]
+    assert status == (1 if findings else 0) and "verdict:" in out
+
+
+def _npz(tmp_path, rng, *, n=41, k=2, d=5, y=None):
+    data = tmp_path / "data"
+    data.mkdir()
+    X = rng.normal(size=(n, d)).astype(np.float32)
+    y = rng.integers(0, k, n) if y is None else y
+    X[y == 1] += 2.0
+    np.savez(data / "data.npz", X=X, y=y)
+    return data
+
+
+def _scripted(tmp_path, d=5, k=2):
+    import torch
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(d, 8), torch.nn.ReLU(), torch.nn.Linear(8, k)).eval()
+    torch.jit.save(torch.jit.script(model), tmp_path / "m.pt")
+    return model, tmp_path / "m.pt"
+
+
+def test_non_finite_features_exit_2_naming_the_file(tmp_path, rng, capsys):
+    data = _npz(tmp_path, rng)
+    with np.load(data / "data.npz") as z:
+        X, y = z["X"], z["y"]
+    X[3, 1] = np.nan
+    np.savez(data / "data.npz", X=X, y=y)
+    np.save(tmp_path / "pp.npy", np.full((41, 2), 0.5))
+    _, model = _scripted(tmp_path)
+    for source in (["--pred-probs", tmp_path / "pp.npy"], ["--model", model]):
+        status, _, err = _run_app(capsys, "scan", data, *source, "--out", tmp_path / "out")
+        assert status == 2 and "data.npz (X): 1 of 41 samples hold NaN (first rows [3], columns [1])" in _one_line(err)
+
+
+def test_a_one_class_dataset_with_a_model_exits_2(tmp_path, rng, capsys):
+    data = _npz(tmp_path, rng, y=np.zeros(41, np.int64))
+    _, model = _scripted(tmp_path)
+    status, _, err = _run_app(capsys, "scan", data, "--model", model, "--out", tmp_path / "out")
+    assert status == 2 and "every label is class [0]" in _one_line(err)
+
+
+def test_a_program_exported_with_a_static_batch_is_batched_to_its_size(tmp_path, rng):
+    import torch
+
+    data = _npz(tmp_path, rng)  # 41 samples: the last batch is padded to 2
+    model, _ = _scripted(tmp_path)
+    torch.export.save(torch.export.export(model, (torch.zeros(2, 5),)), tmp_path / "static.pt2")
+    result = _scan(data, "--model", tmp_path / "static.pt2", "--trust-pickle", "--batch-size", "16",
+                   "--out", tmp_path / "out", "--fail-on", "critical")
+    assert result.exit_code in (0, 1), result.output
+    assert json.loads((tmp_path / "out" / "audit.json").read_text())["run"]["scan"]["samples"] == 41
+
+
+def test_a_pickle_renamed_pt2_exits_2_with_one_line_and_runs_nothing(tmp_path, rng, capfd):
+    import pickle
+
+    data = _npz(tmp_path, rng)
+    marker = tmp_path / "PWNED"
+    (tmp_path / "evil.pt2").write_bytes(pickle.dumps(_Opener(str(marker)), protocol=2))
+    capfd.readouterr()
+    with pytest.raises(SystemExit) as done:
+        app(["scan", str(data), "--model", str(tmp_path / "evil.pt2"), "--out", str(tmp_path / "out")])
+    _, err = capfd.readouterr()
+    assert done.value.code == 2 and "evil.pt2: holds a pickled object" in _one_line(err)
+    assert not marker.exists()
+
+
+class _Opener:
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+@pytest.mark.parametrize("case, expected", [
+    ("no rows", "data.npz: holds no samples"),
+    ("X one-dimensional", "X must be a numeric array of shape (n, features...); got shape (30,)"),
+    ("out under a file", "taken is a file; expected a folder"),
+])
+def test_hostile_datasets_and_outputs_exit_2_with_one_line(tmp_path, capsys, case, expected):
+    data = tmp_path / "data"
+    data.mkdir()
+    out = tmp_path / "out"
+    if case == "no rows":
+        np.savez(data / "data.npz", X=np.zeros((0, 3)), y=np.zeros(0, np.int64))
+    elif case == "X one-dimensional":
+        np.savez(data / "data.npz", X=np.zeros(30), y=np.arange(30) % 2)
+    else:
+        np.savez(data / "data.npz", X=np.zeros((30, 3)), y=np.arange(30) % 2)
+        (tmp_path / "taken").write_text("mine")
+        out = tmp_path / "taken" / "reports"
+    np.save(tmp_path / "pp.npy", np.full((30, 2), 0.5))
+    status, _, err = _run_app(capsys, "scan", data, "--pred-probs", tmp_path / "pp.npy", "--out", out)
+    assert status == 2 and expected in _one_line(err)

@@ -168,6 +168,11 @@ def _model_probs(data: Dataset, model, *, arch, trust_pickle, device, batch_size
     if data.features is None:
         raise ScanInputError(f"{data.path}: holds labels but no inputs (features.npy) to run the model on; "
                              "pass --pred-probs instead")
+    classes = np.unique(data.labels)
+    if len(classes) < 2:
+        only = data.class_names[classes[0]] if data.class_names and len(classes) else str(classes[:1].tolist())
+        raise ScanInputError(f"{data.path}: every label is class {only}; scanning with a model needs at least two "
+                             "classes (out-of-sample probabilities come from a classifier refit on its embeddings)")
     name = str(model) if isinstance(model, (str, Path)) else "the model"
     if isinstance(model, (str, Path)):
         say(f"loading the model from {model}")
@@ -176,9 +181,8 @@ def _model_probs(data: Dataset, model, *, arch, trust_pickle, device, batch_size
     try:
         first, _ = predict(model, data.features[:2], device=device)  # do these inputs fit the model at all?
     except Exception as e:  # the model does not take these inputs
-        text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ScanInputError(f"{name}: failed on inputs of shape {tuple(data.features.shape[1:])} from "
-                             f"{data.path} ({type(e).__name__}: {text})") from None
+                             f"{data.path} ({type(e).__name__}: {_first_line(e)})") from None
     k = first.shape[1]
     if int(data.labels.max()) >= k:
         raise ScanInputError(f"{name}: gives {k} classes; the labels in {data.path} go up to "
@@ -190,8 +194,12 @@ def _model_probs(data: Dataset, model, *, arch, trust_pickle, device, batch_size
     say(f"forward passes over {len(data.labels)} samples on {device}")
     bar.clear()
     passes = Progress(len(data.labels), "scan: forward passes", enabled=bar.enabled, unit="samples")
-    logits, embeddings = predict(model, data.features, batch_size=batch_size, device=device, progress=say,
-                                 on_batch=lambda done, _n: passes.update(done))
+    try:
+        logits, embeddings = predict(model, data.features, batch_size=batch_size, device=device, progress=say,
+                                     on_batch=lambda done, _n: passes.update(done))
+    except Exception as e:  # a batch the first one did not foretell (a size the model was exported for...)
+        raise ScanInputError(f"{name}: failed during the forward passes over {data.path} with batch size "
+                             f"{batch_size} ({type(e).__name__}: {_first_line(e)})") from None
     passes.done(f"{len(data.labels):,} samples")
     warned = []
     if embeddings is None:
@@ -208,6 +216,11 @@ def _model_probs(data: Dataset, model, *, arch, trust_pickle, device, batch_size
     probs = cross_val_probs(embeddings, data.labels, num_classes=k, on_fold=on_fold)
     folds.done(f"{folds.total} folds")
     return probs, warned, embeddings
+
+
+def _first_line(e: Exception) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0][:300] if text else type(e).__name__
 
 
 def _load_tracked(run_dir: str | Path):

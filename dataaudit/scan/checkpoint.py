@@ -1,23 +1,38 @@
-"""Load a model checkpoint: TorchScript, a torch.export program (.pt2), a state_dict with --arch, or
-(only with --trust-pickle, since unpickling runs code) a whole pickled module.
+"""Load a model checkpoint: TorchScript, a state_dict with --arch, or (only with --trust-pickle, since loading
+them runs code from the file) a whole pickled module or a torch.export program (.pt2).
+
+Why a torch.export program needs --trust-pickle: `torch.export.load` unpickles parts of the archive with
+`weights_only=False` (its sample inputs, after a failed safe attempt; entries marked `use_pickle`; opaque
+constants), evaluates its symbolic shape expressions with sympy, and resolves graph targets by attribute path
+under `torch` (which reaches `torch.os`). Any of these runs what a crafted file asks. The kind of a file is
+read from its content, never from its suffix: a pickle renamed `.pt2` is a pickle, an archive renamed `.pt`
+an archive.
 """
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.util
+import logging
+import os
 import sys
+import tempfile
+import warnings
 import zipfile
 from pathlib import Path
 
 from dataaudit.scan.datasets import ScanInputError
 
 _STATE_KEYS = ("state_dict", "model_state_dict", "model")
+# entries of a torch.export archive (any version): the program and its metadata
+_EXPORT_ENTRIES = ("archive_format", "serialized_exported_program.json")
 
 
 def load_model(file: str | Path, *, arch: str | None = None, trust_pickle: bool = False, device: str = "cpu"):
     """The model in `file`, in eval mode on `device`; raises ScanInputError naming the file and the problem.
 
     arch : "module:callable" (or "path/to/file.py:callable") returning an nn.Module, for a state_dict.
+    trust_pickle : allow what runs code from the file: a pickled module, a torch.export program.
     """
     import torch
 
@@ -25,13 +40,18 @@ def load_model(file: str | Path, *, arch: str | None = None, trust_pickle: bool 
     if not file.is_file():
         raise ScanInputError(f"{file}: no such checkpoint file")
     kind = _kind(file)
+    if kind == "export" and not trust_pickle:
+        raise ScanInputError(f"{file}: a torch.export program, and loading one runs code from the file (pickled "
+                             "entries, evaluated shape expressions): pass --trust-pickle if the file is trusted, "
+                             "or give a TorchScript file or a state_dict with --arch")
     try:
-        if kind == "export":
-            model = torch.export.load(str(file)).module()
-        elif kind == "torchscript":
-            model = torch.jit.load(str(file), map_location=device)
-        else:
-            model = _load_pickle(file, arch, trust_pickle, device)
+        with _quiet():  # torch logs tracebacks and warnings of its own on bad files: the one line below says it
+            if kind == "export":
+                model = torch.export.load(str(file)).module()
+            elif kind == "torchscript":
+                model = torch.jit.load(str(file), map_location=device)
+            else:
+                model = _load_pickle(file, arch, trust_pickle, device)
     except ScanInputError:
         raise
     except Exception as e:
@@ -49,21 +69,49 @@ def load_model(file: str | Path, *, arch: str | None = None, trust_pickle: bool 
 
 
 def _kind(file: Path) -> str:
-    """'export', 'torchscript' or 'pickle' (torch.save), from the archive's entries."""
-    if file.suffix == ".pt2":
-        return "export"
+    """'export', 'torchscript' or 'pickle' (torch.save), from the file's content (its suffix may lie)."""
     if not zipfile.is_zipfile(file):
         with open(file, "rb") as f:
             if f.read(1) != b"\x80":  # the pickle protocol opcode that legacy torch.save files start with
                 raise ScanInputError(f"{file}: not a torch checkpoint (neither a zip archive nor a pickle)")
         return "pickle"
-    with zipfile.ZipFile(file) as z:
-        names = z.namelist()
-    if any(n.split("/", 1)[-1].startswith("models/") or n.endswith("archive_format") for n in names):
+    try:
+        with zipfile.ZipFile(file) as z:
+            names = z.namelist()
+    except (zipfile.BadZipFile, OSError) as e:
+        raise ScanInputError(f"{file}: not a readable checkpoint archive ({_first_line(e)})") from None
+    inner = [n.split("/", 1)[-1] for n in names]
+    if any(n in _EXPORT_ENTRIES or n.endswith(tuple(f"/{e}" for e in _EXPORT_ENTRIES)) or n.startswith("models/")
+           for n in inner):
         return "export"
     if any("/code/" in n or n.endswith("constants.pkl") for n in names):
         return "torchscript"
     return "pickle"
+
+
+@contextlib.contextmanager
+def _quiet():
+    """Silence what torch prints while loading (logging, warnings, and C++ writes to file descriptor 2)."""
+    previous = logging.root.manager.disable
+    logging.disable(logging.CRITICAL)
+    saved = None
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+        sink = tempfile.TemporaryFile()
+        os.dup2(sink.fileno(), 2)
+    except (OSError, ValueError, AttributeError):  # no real stderr (embedded, some test runners): nothing to hide
+        saved = None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logging.disable(previous)
+        if saved is not None:
+            os.dup2(saved, 2)
+            os.close(saved)
+            sink.close()
 
 
 def _load_pickle(file: Path, arch: str | None, trust_pickle: bool, device: str):

@@ -21,29 +21,53 @@ def predict(model, X: np.ndarray, *, batch_size: int = 256, device: str = "cpu",
     """Logits (n, k) and penultimate-layer embeddings (n, d) (None where they cannot be found) of X (n, ...).
 
     progress : called with a line every 50 batches; on_batch : called with (samples done, n) after each batch.
+    A model exported with a static batch size (torch.export without a dynamic batch dimension) gets batches
+    of exactly that size: the last one padded with copies of its first row, whose outputs are dropped.
     """
     import torch
 
     embed = _embedder(model)
     logits, embeddings = [], []
     n = len(X)
+    fixed = static_batch_size(model)
+    batch_size = fixed or batch_size
     with torch.inference_mode():
         for start in range(0, n, batch_size):
-            batch = torch.from_numpy(np.ascontiguousarray(X[start:start + batch_size])).to(device)
+            rows = X[start:start + batch_size]
+            if fixed and len(rows) < fixed:
+                rows = np.concatenate([rows, np.repeat(rows[:1], fixed - len(rows), axis=0)])
+            batch = torch.from_numpy(np.ascontiguousarray(rows)).to(device)
             out, emb = embed(batch) if embed is not None else (model(batch), None)
             if start == 0 and embed is not None:
                 # the decomposition must reproduce the model's own output, or it is not the penultimate layer
                 if emb is None or not torch.allclose(out.float(), model(batch).float(), atol=1e-4, rtol=1e-3):
                     embed, emb = None, None
                     out = model(batch)
-            logits.append(_as_logits(out).float().cpu().numpy())
+            real = min(batch_size, n - start)  # rows of X in this batch (the rest is padding)
+            logits.append(_as_logits(out).float().cpu().numpy()[:real])
             if emb is not None:
-                embeddings.append(emb.reshape(len(batch), -1).float().cpu().numpy())
+                embeddings.append(emb.reshape(len(batch), -1).float().cpu().numpy()[:real])
             if on_batch is not None:
                 on_batch(min(start + batch_size, n), n)
             if progress and (start // batch_size) % 50 == 49:
                 progress(f"forward passes: {min(start + batch_size, n)}/{n}")
     return np.concatenate(logits), (np.concatenate(embeddings) if embeddings and embed is not None else None)
+
+
+def static_batch_size(model) -> int | None:
+    """The batch size an exported program was traced with, when it is static (None: any batch size)."""
+    import torch
+
+    if not isinstance(model, torch.fx.GraphModule):
+        return None
+    for node in model.graph.nodes:
+        if node.op == "placeholder":
+            value = node.meta.get("val")
+            shape = getattr(value, "shape", None)
+            if shape is not None and len(shape) and isinstance(shape[0], int):
+                return int(shape[0])
+            return None
+    return None
 
 
 def _as_logits(out):

@@ -26,7 +26,11 @@ def per_sample_losses(losses: Any) -> torch.Tensor:
 def as_targets(targets: Any, n: int, num_classes: int | None) -> torch.Tensor:
     """Class indices, shape (n,), from indices or from one-hot / soft targets of shape (n, k)."""
     if not isinstance(targets, torch.Tensor):
-        targets = torch.as_tensor(np.asarray(targets))
+        array = np.asarray(targets)
+        if array.dtype.kind not in "iufb":
+            raise TypeError(f"record() needs targets as class indices or (batch, classes) probabilities; "
+                            f"got an array of dtype {array.dtype}")
+        targets = torch.as_tensor(array)
     targets = targets.detach()
     if targets.ndim == 2 and (num_classes is None or targets.shape[1] == num_classes):
         targets = targets.argmax(1)
@@ -38,6 +42,34 @@ def as_targets(targets: Any, n: int, num_classes: int | None) -> torch.Tensor:
     if targets.is_floating_point():
         targets = targets.round()
     return targets.long()
+
+
+class TargetRangeError(ValueError):
+    """record() got class-index targets outside the logits' classes.
+
+    Found on the writer thread, where the targets are on the host anyway (checking on the training thread
+    would wait for the device at every step); raised on the training thread at the next record(), the end
+    of the epoch or close().
+    """
+
+
+def check_target_range(labels: np.ndarray, num_classes: int, *, epoch: int, logits: bool = True) -> None:
+    """Raise TargetRangeError if a class index in labels (n,) is >= num_classes.
+
+    Negative targets stay allowed: they are ignore_index-style "no label" (cross_entropy's -100), recorded
+    as unknown. With one logit (binary), targets 0 and 1 are both valid. logits=False: num_classes is only
+    the most class indices dataaudit counts (no logits to say how many there are).
+    """
+    bad = labels >= max(num_classes, 2)
+    if bad.any():
+        top, count = int(labels.max()), int(bad.sum())
+        if not logits:
+            raise TargetRangeError(f"record() got targets up to {top} ({count} samples of epoch {epoch}); expected "
+                                   f"class indices below {num_classes}, or negative for no label")
+        raise TargetRangeError(
+            f"record() got targets up to {top} with logits of {num_classes} classes (expected class indices "
+            f"0..{max(num_classes, 2) - 1}, or negative for no label); {count} samples of epoch {epoch}: are the "
+            "targets and the model's classes the same?")
 
 
 def logit_stats(logits: np.ndarray, labels: np.ndarray) -> dict[str, np.ndarray]:

@@ -19,7 +19,7 @@ import pyarrow as pa
 import torch
 
 from dataaudit import store
-from dataaudit.track.batch import logit_stats
+from dataaudit.track.batch import check_target_range, logit_stats
 from dataaudit.track.sketch import Moments, Projection, Reservoir
 
 
@@ -119,6 +119,7 @@ def records_table(rows: list[dict], epoch: int, *, store_probs: bool, top_k: int
         "pred": np.full(total, -1, np.int64),
         "fingerprint": _gather(rows, "fingerprint", n, np.float32, np.nan),
     }
+    check_target_range(labels, store.MAX_CLASSES, epoch=epoch, logits=False)  # indices the checks can count
     if any("target" in r for r in rows):  # regression
         columns["target"] = _gather(rows, "target", n, np.float32, np.nan)
     if any("target_entropy" in r for r in rows):  # targets given as probabilities
@@ -129,6 +130,7 @@ def records_table(rows: list[dict], epoch: int, *, store_probs: bool, top_k: int
     has_logits = np.repeat([("logits" in r) for r in rows], n)
     if has_logits.any():
         logits = torch.cat([r["logits"] for r in rows if "logits" in r]).cpu().numpy()
+        check_target_range(labels[has_logits], logits.shape[1], epoch=epoch)
         stats = logit_stats(logits, labels[has_logits])
         for name in ("pred", "prob", "margin"):
             columns[name][has_logits] = stats[name]

@@ -48,6 +48,9 @@ class TrackedLoader:
     """
 
     def __init__(self, loader: Any, tracker: Tracker, split: str):
+        if isinstance(loader, TrackedLoader):
+            raise ValueError(f"wrap() got a loader already wrapped (split {loader.split!r} of the run in "
+                             f"{loader._tracker.path}); pass the original DataLoader, and wrap it once")
         self.loader = loader
         self.split = split
         self._tracker = tracker

@@ -20,6 +20,7 @@ import json
 import os
 import time
 import uuid
+import warnings
 import weakref
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +30,8 @@ import numpy as np
 import torch
 
 from dataaudit import store
-from dataaudit.track.batch import per_sample_losses
+from dataaudit.track import lock
+from dataaudit.track.batch import TargetRangeError, per_sample_losses
 from dataaudit.track.epoch import EpochBuffer
 from dataaudit.track.inputs import (
     TOKEN_FEATURES,
@@ -104,9 +106,20 @@ class Tracker:
         self._watch: OptimizerWatch | None = None
         self._probes: Probes | None = None
         self._closed = False
-        self._manifest = self._open_manifest(seed=seed, sketch_dim=sketch_dim, reservoir=reservoir,
-                                             sketch_rows=sketch_rows)
-        self._writer = store.Writer()
+        # One writer per rank: a second Tracker on this run and rank is refused (see track/lock.py).
+        self._lock = lock.acquire(self.path, self.rank, session=self._session)
+        weakref.finalize(self, lock.release, self._lock).atexit = False  # dropped without close()
+        try:
+            self._manifest = self._open_manifest(seed=seed, sketch_dim=sketch_dim, reservoir=reservoir,
+                                                 sketch_rows=sketch_rows)
+        except BaseException:
+            lock.release(self._lock)
+            raise
+        if self._lock.took_over is not None:
+            note = f"took over the lock of rank {self.rank} from {lock.describe(self._lock.took_over)}, gone"
+            self._manifest["sessions"][-1]["took_over_lock"] = self._lock.took_over
+            warnings.warn(f"dataaudit: {self.path}: {note}", RuntimeWarning, stacklevel=2)
+        self._writer = store.Writer(pass_through=(TargetRangeError,))
         self._commit()
         atexit.register(_close_at_exit, weakref.ref(self))
 
@@ -117,9 +130,9 @@ class Tracker:
         self._check_open()
         if not isinstance(split, str) or not split.isidentifier():
             raise ValueError(f"wrap() needs split to be a short name such as 'train' or 'val'; got {split!r}")
+        tracked = TrackedLoader(loader, self, split)  # first: it names a loader wrapped already
         if split in self._loaders:
             raise ValueError(f"wrap() was already called for split {split!r}; wrap each loader once")
-        tracked = TrackedLoader(loader, self, split)
         self._loaders[split] = tracked
         info = self._manifest["splits"].setdefault(split, {})
         info["dataset_size"] = tracked.dataset_size
@@ -174,6 +187,7 @@ class Tracker:
         ids : sample ids, shape (batch,); needed for an IterableDataset, else the loader's indices.
         """
         self._check_open()
+        self._writer.raise_error()  # what the writer found wrong in earlier batches (targets out of range)
         pending = self._pending
         if pending is None:
             raise RuntimeError("record() was called before a wrapped loader yielded a batch; "
@@ -221,6 +235,7 @@ class Tracker:
             self._writer.close()
         finally:
             self._closed = True
+            lock.release(self._lock)
             if self._watch is not None:
                 self._watch.remove()
             if self._probes is not None:
@@ -331,6 +346,9 @@ class Tracker:
             info.setdefault("sketch_features", TOKEN_FEATURES)
         else:
             x = _check_rows("inputs", float_tensor(inputs, key), n, ndim=None).detach()
+            if x[0].numel() == 0:
+                raise ValueError(f"record() needs inputs with at least one value per sample; got shape "
+                                 f"{tuple(x.shape)}")
             if not self._same_shape(epoch, info, list(x.shape[1:])):
                 return
             flat = x.reshape(n, -1)
@@ -479,7 +497,7 @@ class Tracker:
             moved = store.move_uncommitted(self.path, set(manifest["files"]), rank=self.rank)
             session["resumed"] = True
             session["moved_to_partial"] = len(moved)
-            manifest["sessions"].append(session)
+            manifest.setdefault("sessions", []).append(session)
             return manifest
         if self.path.is_dir() and any(not store.is_run_entry(p.name) for p in self.path.iterdir()):
             raise ValueError(f"Tracker needs an empty or new directory, or an existing dataaudit run; "

@@ -82,12 +82,89 @@ def test_torchscript_without_a_sequential_falls_back_to_no_embeddings(tmp_path, 
     assert _same(model, load_model(tmp_path / "m.pt"), X) is None
 
 
-def test_exported_program(tmp_path, seq, X):
-    program = torch.export.export(seq, (torch.zeros(4, 5),),
-                                  dynamic_shapes=({0: torch.export.Dim("batch")},))
-    torch.export.save(program, tmp_path / "m.pt2")
-    emb = _same(seq, load_model(tmp_path / "m.pt2"), X)
+def _export(model, file, batch=4, dynamic=True):
+    shapes = ({0: torch.export.Dim("batch")},) if dynamic else None
+    torch.export.save(torch.export.export(model, (torch.zeros(batch, 5),), dynamic_shapes=shapes), file)
+    return file
+
+
+def test_exported_program_loads_only_with_trust(tmp_path, seq, X):
+    _export(seq, tmp_path / "m.pt2")
+    with pytest.raises(ScanInputError, match=r"m\.pt2: a torch.export program.*pass --trust-pickle"):
+        load_model(tmp_path / "m.pt2")
+    emb = _same(seq, load_model(tmp_path / "m.pt2", trust_pickle=True), X)
     assert np.allclose(emb, _hidden(seq, X), atol=1e-5)
+
+
+class _Payload:
+    """Unpickling this creates `marker`: what a hostile checkpoint would do instead."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def _tampered(archive, out, marker, *, entry):
+    """`archive` with one entry replaced by a pickle whose unpickling creates `marker`.
+
+    entry "sample_inputs": the example inputs (torch loads them, after a failed safe attempt, unsafely);
+    "weight": a weight marked use_pickle (loaded with weights_only=False outright).
+    """
+    import io
+    import json
+    import zipfile
+
+    payload = io.BytesIO()
+    torch.save(_Payload(marker), payload)
+    with zipfile.ZipFile(archive) as src, zipfile.ZipFile(out, "w") as dst:
+        for info in src.infolist():
+            data = src.read(info.filename)
+            if entry == "sample_inputs" and "/data/sample_inputs/" in info.filename:
+                data = payload.getvalue()
+            if entry == "weight" and info.filename.endswith("model_weights_config.json"):
+                config = json.loads(data)
+                config["config"]["0.weight"]["use_pickle"] = True
+                data = json.dumps(config).encode()
+            if entry == "weight" and info.filename.endswith("/data/weights/weight_0"):
+                data = payload.getvalue()
+            dst.writestr(info, data)
+    return out
+
+
+@pytest.mark.parametrize("entry", ["sample_inputs", "weight"])
+@pytest.mark.parametrize("name", ["evil.pt2", "evil.pt"])
+def test_a_crafted_export_archive_never_runs_its_payload_without_trust(tmp_path, seq, entry, name):
+    marker = tmp_path / "PWNED"
+    evil = _tampered(_export(seq, tmp_path / "m.pt2"), tmp_path / name, marker, entry=entry)
+    with pytest.raises(ScanInputError) as info:
+        load_model(evil)
+    assert not marker.exists()
+    assert "pass --trust-pickle" in str(info.value)
+
+
+def test_a_pickle_renamed_pt2_is_refused_in_one_line(tmp_path, capfd):
+    marker = tmp_path / "PWNED"
+    torch.save(_Payload(marker), tmp_path / "evil.pt2")
+    capfd.readouterr()
+    with pytest.raises(ScanInputError, match=r"evil\.pt2: holds a pickled object.*--trust-pickle") as info:
+        load_model(tmp_path / "evil.pt2")
+    out, err = capfd.readouterr()
+    assert not marker.exists() and "\n" not in str(info.value)
+    assert out == "" and err == ""  # torch printed nothing of its own
+
+
+def test_a_broken_archive_named_pt2_is_one_line_and_quiet(tmp_path, capfd):
+    import zipfile
+
+    with zipfile.ZipFile(tmp_path / "broken.pt2", "w") as z:
+        z.writestr("m/archive_format", "pt2")
+        z.writestr("m/models/model.json", "{not json")
+    capfd.readouterr()
+    with pytest.raises(ScanInputError, match=r"broken\.pt2: cannot load the checkpoint as export"):
+        load_model(tmp_path / "broken.pt2", trust_pickle=True)
+    assert capfd.readouterr() == ("", "")
 
 
 def test_state_dict_needs_arch(tmp_path, seq, X):

@@ -194,3 +194,69 @@ def test_images_are_pooled_for_the_sketch_and_fingerprinted_whole(run_dir):
     # the same images give the same fingerprints every epoch
     fp = run.records.pivot(index="sample_id", columns="epoch", values="fingerprint")
     np.testing.assert_allclose(fp[0], fp[1], rtol=1e-5)
+
+
+@pytest.mark.parametrize("other_tracker, split", [(False, "train"), (False, "val"), (True, "train")])
+def test_wrapping_a_wrapped_loader_says_so(tmp_path, other_tracker, split):
+    with dataaudit.Tracker(tmp_path / "a") as first:
+        wrapped = first.wrap(_loader())
+        with dataaudit.Tracker(tmp_path / "b") as second:
+            tracker = second if other_tracker else first
+            with pytest.raises(ValueError, match=r"already wrapped \(split 'train' of the run in .*a\)"):
+                tracker.wrap(wrapped, split=split)
+
+
+def test_targets_outside_the_logits_classes_are_refused(run_dir):
+    """Found on the writer thread (no device sync per step), raised at the next call."""
+    from dataaudit.track.batch import TargetRangeError
+
+    tracker = dataaudit.Tracker(run_dir, flush_rows=10)
+    loader = tracker.wrap(_loader(k=3))
+    with pytest.raises(TargetRangeError, match=r"targets up to 7 with logits of 3 classes"):
+        for _ in range(2):
+            for _x, y in loader:
+                tracker.record(torch.zeros(10), logits=torch.zeros(10, 3), targets=y + 5)
+    tracker.close()
+
+
+@pytest.mark.parametrize("targets, width", [(lambda y: torch.where(y == 0, -100, y % 3), 3),  # ignore_index
+                                            (lambda y: y % 2, 1)])                          # one logit: 0/1
+def test_negative_ignore_targets_and_binary_targets_are_kept(run_dir, targets, width):
+    with dataaudit.Tracker(run_dir, flush_rows=10) as tracker:
+        for _x, y in tracker.wrap(_loader(k=4)):
+            tracker.record(torch.zeros(10), logits=torch.zeros(10, width), targets=targets(y))
+    run = dataaudit.load_run(run_dir)
+    assert len(run.records) == 40
+
+
+def test_targets_beyond_what_the_checks_count_are_refused_without_logits(run_dir):
+    from dataaudit.store import MAX_CLASSES
+    from dataaudit.track.batch import TargetRangeError
+
+    tracker = dataaudit.Tracker(run_dir, flush_rows=10)
+    with pytest.raises(TargetRangeError, match=f"targets up to {10**9 + 3}.*below {MAX_CLASSES}"):
+        for _x, y in tracker.wrap(_loader(k=4)):
+            tracker.record(torch.zeros(10), targets=y + 10**9)
+    tracker.close()
+
+
+@pytest.mark.parametrize("call, error, message", [
+    (lambda t, y: t.record(torch.zeros(10), targets=["cat"] * 10), TypeError, "targets as class indices"),
+    (lambda t, y: t.record(torch.zeros(10), targets=y, inputs=torch.zeros(10, 0)), ValueError,
+     "at least one value per sample"),
+])
+def test_targets_and_inputs_of_the_wrong_kind_are_named(open_batch, call, error, message):
+    tracker, _x, y = open_batch
+    with pytest.raises(error, match=message):
+        call(tracker, y)
+
+
+def test_nan_float_targets_are_kept_as_no_label(run_dir):
+    """A NaN target cast to an integer is -2^63: recorded, then read back as unknown (-1)."""
+    with dataaudit.Tracker(run_dir, flush_rows=10) as tracker:
+        for _x, y in tracker.wrap(_loader(k=3)):
+            targets = y.float()
+            targets[0] = float("nan")
+            tracker.record(torch.zeros(10), logits=torch.zeros(10, 3), targets=targets)
+    records = dataaudit.load_run(run_dir).records
+    assert (records["label"] == -1).sum() == 4 and records["label"].min() == -1
