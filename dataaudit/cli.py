@@ -97,7 +97,7 @@ def _check_out(out: Path) -> None:
 
 
 def _finish(audit, out: Path, fail_on: str) -> None:
-    from dataaudit.issues import flagged_rows
+    from dataaudit.scan import flagged_table
 
     flagged = flagged_table(audit)
     try:

@@ -283,7 +283,7 @@ def probs_kind(source: Any) -> str | None:
         return None
     if isinstance(source, tuple):
         return "full"
-    names = set(pq.read_schema(source[0]).names)
+    names = set(store.read_schema(source[0], "records").names)
     return "full" if "probs" in names else "top-k" if "topk_probs" in names else None
 
 
@@ -291,8 +291,9 @@ def top_k_probs(paths: list[Path], num_classes: int | None) -> tuple[np.ndarray,
     """(sample_ids (m,), probabilities (m, num_classes) float32) rebuilt from the top-k columns of `paths`:
     the stored classes get their probabilities, the others share what is left evenly (the model's mass
     outside its top k is small and unknown in detail; spreading it keeps every row a distribution)."""
-    parts = [pq.read_table(path, columns=["sample_id", "topk_ids", "topk_probs", "recorded"]) for path in paths]
-    table = pa.concat_tables(parts)
+    parts = [store.read_table(path, "records", columns=["sample_id", "topk_ids", "topk_probs", "recorded"])
+             for path in paths]
+    table = store.concat(parts, list(paths))
     table = table.filter(table.column("recorded"))
     ids_col, p_col = table.column("topk_ids").combine_chunks(), table.column("topk_probs").combine_chunks()
     if not len(ids_col):

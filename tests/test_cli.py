@@ -271,7 +271,7 @@ def test_out_naming_a_file_exits_2(built_run, tmp_path, capsys):
 
 @pytest.mark.parametrize("args, expected", [
     (["scan", "DATA", "--pred-probs", "pp.npy", "--batch-size", "0"], "--batch-size"),
-    (["report", "RUN", "--fail-on", "bogus"], "expected one of info, warning, critical; got 'bogus'"),
+    (["report", "RUN", "--fail-on", "bogus"], "expected one of info, warning, critical, never; got 'bogus'"),
     (["report", "RUN", "--no-such-option"], "--no-such-option"),
     (["report"], "Missing argument"),
 ])

@@ -270,6 +270,8 @@ def flagged_table(audit):
     per-sample columns of `audit.issues()`. For a regression run, the samples the targets check
     flagged: sample_id, loss, residual.
     """
+    import pandas as pd
+
     from dataaudit.issues import flagged_rows
 
     result = audit.results.get("scan_labels") or audit.results.get("labels")
