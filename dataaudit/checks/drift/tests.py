@@ -54,18 +54,25 @@ def ks_columns(x_ref: np.ndarray, x: np.ndarray) -> tuple[np.ndarray, np.ndarray
     (statistic, p_value), each (d,): the largest distance between the two empirical CDFs, and its
     two-sided p-value.
     """
+    return _ks_sorted(np.sort(np.asarray(x_ref).T, axis=1), x)
+
+
+def _ks_sorted(ref_rows: np.ndarray, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """`ks_columns` against a reference already sorted and transposed: ref_rows (d, n), each row ascending
+    (a scan sorts its reference once)."""
     from scipy.stats import kstwo
 
-    n, m = len(x_ref), len(x)
-    pooled = np.concatenate([x_ref, x]).astype(np.float64, copy=False)
-    order = np.argsort(pooled, axis=0, kind="stable")
-    values = np.take_along_axis(pooled, order, axis=0)
-    from_ref = order < n
-    # (n + m, d): the CDF gap after each pooled value; with ties only the last of a run of equal values counts
-    gap = np.abs(np.cumsum(from_ref, axis=0) / n - np.cumsum(~from_ref, axis=0) / m)
-    last_of_run = np.ones_like(from_ref)
-    last_of_run[:-1] = values[1:] != values[:-1]
-    statistic = np.where(last_of_run, gap, 0.0).max(axis=0)
+    n, m = ref_rows.shape[1], len(x)
+    # (d, n + m): two ascending runs per row, so the stable sort is a linear merge; rows are contiguous
+    # (sorting along the strided axis 0 of an (N, d) array was 2-3x slower)
+    pooled = np.concatenate([ref_rows, np.sort(np.asarray(x, dtype=ref_rows.dtype).T, axis=1)], axis=1)
+    order = np.argsort(pooled, axis=1, kind="stable")
+    values = np.take_along_axis(pooled, order, axis=1)
+    # the CDF gap times n m after each pooled value, in exact integers; with ties only the last of a run counts
+    gap = np.abs(np.cumsum(np.where(order < n, m, -n), axis=1))
+    last_of_run = np.ones(values.shape, bool)
+    last_of_run[:, :-1] = values[:, 1:] != values[:, :-1]
+    statistic = np.where(last_of_run, gap, 0).max(axis=1) / (n * m)
     p_value = np.clip(kstwo.sf(statistic, np.round(n * m / (n + m))), 0.0, 1.0)
     return statistic, p_value
 
@@ -99,9 +106,10 @@ def ks_scan(reservoir: dict[int, tuple[np.ndarray, np.ndarray]], epochs: list[in
     ref_index = usable[0]
     x_ref = samples[ref_index]
     out["reference"] = int(epochs[ref_index])
-    score = _alibi_ks(x_ref) if backend == "alibi" else (lambda x: ks_columns(x_ref, x))
+    alibi_score = _alibi_ks(x_ref) if backend == "alibi" else None
+    ref_rows = np.sort(x_ref.T, axis=1)
     for i in usable[1:]:
-        statistic, p = score(samples[i])
+        statistic, p = alibi_score(samples[i]) if alibi_score else _ks_sorted(ref_rows, samples[i])
         out["p_value"][i] = min(1.0, float(np.min(p)) * len(p))
         out["statistic"][i] = float(np.max(statistic))
         out["tested"][i] = True
