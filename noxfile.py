@@ -13,6 +13,8 @@ nox.options.reuse_existing_virtualenvs = True
 TORCH = "torch==2.13.0"
 # A practitioner's stack, installed at its newest before dataaudit: installing dataaudit must not change it.
 STACK = ("numpy", "pandas", "pyarrow", "pillow", "transformers")
+# The oldest releases of the stack that pyproject.toml allows.
+OLDEST = ("numpy==1.26.4", "pandas==2.2.3", "pyarrow==16.1.0")
 
 
 @nox.session(python="3.11")
@@ -58,6 +60,16 @@ def stack(session: nox.Session) -> None:
     if changed:
         session.error(f"installing dataaudit changed {len(changed)} package(s) of the user's stack: "
                       + ", ".join(f"{name} {before[name]} -> {after.get(name, 'removed')}" for name in changed))
+    session.run("python", "-m", "pytest", "-q", *session.posargs)
+
+
+@nox.session(python="3.11")
+def oldest(session: nox.Session) -> None:
+    """The tests on the oldest numpy, pandas and pyarrow that pyproject.toml allows (not in CI: a few minutes)."""
+    session.install(TORCH)
+    session.install("-e", ".[test]", *OLDEST)
+    session.run("python", "-c", "import numpy, pandas, pyarrow; "
+                "print('numpy', numpy.__version__, 'pandas', pandas.__version__, 'pyarrow', pyarrow.__version__)")
     session.run("python", "-m", "pytest", "-q", *session.posargs)
 
 
