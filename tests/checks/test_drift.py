@@ -3,6 +3,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -14,6 +15,8 @@ from dataaudit.checks import drift
 from dataaudit.run import Run, Split, coverage_table, moments_table
 from dataaudit.track.sketch import hash_ids
 from fixtures.training import blobs, train
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
@@ -62,43 +65,6 @@ def _run_in_memory(X, y, epochs, *, transform=None, relabel=None, draw=None, res
     split = Split("train", records, coverage_table(draws, {e: True for e in draws}, n), draws=draws,
                   features=features, reservoir=res, dataset_size=n, input_shape=(d,))
     return Run({"train": split}, pd.DataFrame(), pd.DataFrame(), {"num_classes": int(y.max()) + 1})
-
-
-# ------------------------------------------------------------------ helpers
-
-
-def test_first_change_tells_deterministic_from_random_pipelines():
-    compared = np.full(8, 100)
-    compared[0] = 0
-    changed = np.array([0, 0, 0, 0, 97, 0, 0, 0])
-    assert drift._compute_first_change(changed, compared) == (4, "deterministic")
-    # changed at the first transition, stable after: the change is at epoch 1, not augmentation
-    assert drift._compute_first_change(np.array([0, 90, 0, 0, 0, 0, 0, 0]), compared) == (1, "deterministic")
-    # different every epoch: random augmentation, nothing dated
-    assert drift._compute_first_change(np.array([0, 99, 98, 99, 99, 97, 99, 98]), compared) == (None, "random")
-    # a stable pipeline that is switched to random from epoch 3 on: dated at 3
-    assert drift._compute_first_change(np.array([0, 0, 0, 99, 98, 99, 97, 99]), compared) == (3, "deterministic")
-    assert drift._compute_first_change(np.zeros(8, int), compared) == (None, "deterministic")
-    assert drift._compute_first_change(np.zeros(8, int), np.zeros(8, int)) == (None, "unknown")
-
-
-def test_changes_ignore_rounding_and_repeated_draws(rng):
-    ids = np.tile(np.arange(50), 3)
-    epoch = np.repeat(np.arange(3), 50)
-    values = np.tile(rng.normal(size=50), 3)
-    values[50:100] *= 1 + 1e-6                       # float rounding between epochs is no change
-    values[100:110] += 1.0                           # ten samples changed in epoch 2
-    # an id drawn twice in epoch 2: its first draw counts
-    ids, epoch, values = np.r_[ids, 3], np.r_[epoch, 2], np.r_[values, 99.0]
-    out = drift._compute_changes(np.arange(3), epoch, ids, values, tolerance=drift._fp_tolerance)
-    assert out["compared"].tolist() == [0, 50, 50]
-    assert out["changed"].tolist() == [0, 0, 10]
-    assert out["changed_first"].tolist() == [0, 0, 10]
-
-
-def test_holm_controls_many_epochs():
-    p = np.array([0.5, 0.001, 0.0001, 0.02])
-    assert drift._holm(p, 0.01).tolist() == [False, True, True, False]
 
 
 # --------------------------------------------------------- in-memory runs
@@ -198,9 +164,53 @@ def test_without_inputs_or_enough_epochs_the_check_is_skipped(digits):
     assert drift.check(one_epoch, split="val").status == "skipped"
 
 
-def test_importing_the_check_does_not_import_alibi():
-    code = "import sys, dataaudit, dataaudit.checks.drift; assert 'alibi_detect' not in sys.modules"
-    subprocess.run([sys.executable, "-c", code], check=True)
+def test_the_default_backend_runs_without_alibi_or_torch():
+    # alibi_detect made unimportable: the default backend must not need it, nor torch
+    code = ("import sys; sys.modules['alibi_detect'] = None\n"
+            "from tests.checks.test_drift import _run_in_memory\n"
+            "from dataaudit.demo import digits_with_noise\n"
+            "from dataaudit.checks import drift\n"
+            "X, y, _ = digits_with_noise(0.0)\n"
+            "before = 'torch' in sys.modules\n"
+            "r = drift.check(_run_in_memory(X, y, 8, transform=lambda e, x, g: x + g.normal(0, 0.1, x.shape)"
+            " + (0.2 if e >= 5 else 0)))\n"
+            "d = r.details\n"
+            "print(d['first_drift_epoch'], d['method'], d['backend'], d['mmd_p_value'])\n"
+            "print('torch imported by the check:', 'torch' in sys.modules and not before)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT).stdout
+    first, method, backend, mmd_p = out.splitlines()[0].split()
+    assert (first, method, backend) == ("5", "ks", "scipy") and float(mmd_p) <= 0.01
+    assert out.splitlines()[1].endswith("False")
+
+
+_SCENARIOS = {
+    "normalisation under random augmentation": (14, dict(transform=lambda e, x, g: (x + g.normal(0, 0.1, x.shape))
+                                                         * (0.25 if e >= 9 else 1.0))),
+    "a change that is undone": (10, dict(transform=lambda e, x, g: x * 2 if 4 <= e < 7 else x)),
+    "labels remapped": (12, dict(relabel=lambda e, ids, lab: (lab + 1) % 10 if e >= 8 else lab)),
+    "stable augmentation": (12, dict(transform=lambda e, x, g: x + g.normal(0, 0.1, x.shape))),
+}
+
+
+@pytest.mark.parametrize("scenario", sorted(_SCENARIOS))
+def test_the_alibi_backend_makes_the_same_decisions(digits, scenario, monkeypatch):
+    pytest.importorskip("alibi_detect")
+    X, y = digits
+    epochs, kwargs = _SCENARIOS[scenario]
+    run = _run_in_memory(X[:600], y[:600], epochs, **kwargs)
+    ours = drift.check(run)
+    monkeypatch.setenv("DATAAUDIT_DRIFT_BACKEND", "alibi")
+    theirs = drift.check(run)
+    assert theirs.details["backend"] == "alibi" and ours.details["backend"] == "scipy"
+    assert ours.status == theirs.status
+    for key in ("first_drift_epoch", "input_drift_epoch", "method", "pipeline", "features"):
+        assert ours.details[key] == theirs.details[key], key
+    assert [e["drift"] for e in ours.details["per_epoch"]] == [e["drift"] for e in theirs.details["per_epoch"]]
+    p_values = [[np.nan if e["p_value"] is None else e["p_value"] for e in r.details["per_epoch"]]
+                for r in (ours, theirs)]
+    assert p_values[0] == pytest.approx(p_values[1], rel=1e-4, nan_ok=True)
+    if ours.details["mmd_p_value"] is not None:
+        assert (ours.details["mmd_p_value"] <= 0.01) == (theirs.details["mmd_p_value"] <= 0.01)
 
 
 # ------------------------------------------------------------ tracked runs
