@@ -4,7 +4,9 @@ Everything is computed with device tensors and kept on the device until the
 tracker flushes an epoch: no step reads a value back to the host.
 
 - gradient norm: the global L2 norm of the gradients the optimizer steps with
-  (after any clipping), every step;
+  (after any clipping), every step. With `optimizer.step(closure)` (LBFGS,
+  Lightning's automatic optimization) the closure computes them inside step():
+  they are read when it first returns;
 - raw gradient norm: the same norm as backward left it, before any clipping,
   read by a post-accumulate-grad hook on each parameter every `every` steps
   (never when `every` is 0). A measured step is clipped when its gradient
@@ -101,7 +103,33 @@ class OptimizerWatch:
         """Whether the coming step is one whose raw gradient and update norms are measured."""
         return self.every > 0 and self.step % self.every == 0
 
-    def _pre(self, optimizer, args, kwargs) -> None:
+    def _pre(self, optimizer, args, kwargs) -> tuple[tuple, dict] | None:
+        if self._sampled():
+            self._before = [p.detach().clone() for p in self.params]
+        # args is (optimizer, *step arguments): the closure, if any, is the first step argument
+        closure = kwargs.get("closure", args[1] if len(args) > 1 else None)
+        if closure is None:
+            self._measure()
+            return None
+        # A closure computes the gradients inside step(): they are measured when it first
+        # returns (after any clipping it does), not here, where they are the last step's.
+        self._grad_norm = self._raw_norm = None
+        measured = False
+
+        def measuring_closure():
+            nonlocal measured
+            loss = closure()
+            if not measured:  # LBFGS evaluates again during its line search: the step starts from the first
+                measured = True
+                self._measure()
+            return loss
+
+        if "closure" in kwargs:
+            return args, {**kwargs, "closure": measuring_closure}
+        return (args[0], measuring_closure, *args[2:]), kwargs
+
+    def _measure(self) -> None:
+        """Norms of the gradients as they are now, the ones the coming update uses."""
         self._grad_norm = _norm([p.grad for p in self.params if p.grad is not None])
         self._raw_norm = None
         if self._raw:
@@ -109,10 +137,9 @@ class OptimizerWatch:
             if self.scaler is not None and getattr(self.scaler, "_scale", None) is not None:
                 self._raw_norm = self._raw_norm / self.scaler._scale.float()
             self._raw.clear()
-        if self._sampled():
-            self._before = [p.detach().clone() for p in self.params]
 
     def _post(self, optimizer, args, kwargs) -> None:
+        self._raw.clear()  # left by a closure's later evaluations: not the next step's
         self._attempts += 1
         row = self._row(skipped=False)
         if self._before is not None:
