@@ -1,6 +1,7 @@
 """Two gloo processes on loopback: each rank writes its shard; loading merges them; coverage is judged across ranks."""
 from __future__ import annotations
 
+import numpy as np
 import torch.multiprocessing as mp
 
 import dataaudit
@@ -25,6 +26,11 @@ def test_two_ranks_merge_and_padding_is_seen(run_dir):
     assert cov["status"] == "info"                      # padding: harmless, said so
     # both replicas stepped alike: the telemetry of one rank is kept, not both
     assert len(run.steps) == 3 * 7 and run.steps["step"].is_unique
+    # raw norms are read after DDP averaged the gradients: no clipping is seen where there is none
+    measured = run.steps["grad_norm_raw"].notna()
+    assert measured.sum() == 3 and not run.steps["clipped"].any()
+    np.testing.assert_allclose(run.steps.loc[measured, "grad_norm_raw"], run.steps.loc[measured, "grad_norm"],
+                               rtol=1e-5)
 
 
 def test_forgotten_set_epoch_and_ranks_disagreeing(run_dir):
