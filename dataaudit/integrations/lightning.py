@@ -24,6 +24,7 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks.callback import Callback
 from torch.utils.data import DataLoader
+from torch.utils.data.dataloader import _SingleProcessDataLoaderIter
 
 from dataaudit.track.tracker import Tracker
 
@@ -70,11 +71,7 @@ class DataAuditCallback(Callback):
             return
         # The loader is new (first epoch, or re-created by reload_dataloaders_every_n_epochs).
         self._loader = self.tracker.track(loader)
-        # Lightning made its iterator before this hook, from the sampler as it was: make it
-        # again so that it draws through the hook (a pass nobody takes a batch from is no epoch).
-        fetcher = getattr(trainer.fit_loop, "_data_fetcher", None)
-        if fetcher is not None and not trainer.fit_loop.restarting:
-            iter(fetcher)
+        _draw_through_the_hook(trainer, loader)
 
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any,
                              batch_idx: int) -> None:
@@ -98,6 +95,25 @@ class DataAuditCallback(Callback):
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
         if self.tracker is not None:
             self.tracker.close()   # what the finished epochs captured stays committed
+
+
+def _draw_through_the_hook(trainer: pl.Trainer, loader: DataLoader) -> None:
+    """Lightning makes an epoch's iterator before any callback hook runs when it (re)loads the
+    data; it makes it again after `on_train_epoch_start` only from the second epoch on, when not
+    resuming (`_TrainingEpochLoop.on_run_start`). Otherwise the iterator must draw through the hook."""
+    fit_loop = trainer.fit_loop
+    if trainer.current_epoch > 0 and not fit_loop.is_resuming and not fit_loop.epoch_loop.restarting:
+        return
+    fetcher = getattr(fit_loop, "_data_fetcher", None)
+    combined = getattr(getattr(fetcher, "iterator", None), "_iterator", None)
+    live = getattr(combined, "iterators", [])
+    if len(live) == 1 and isinstance(live[0], _SingleProcessDataLoaderIter) and fetcher.fetched == 0:
+        # Nothing drawn yet: give it the hooked sampler. Making the iterator again would draw
+        # another base seed from the loader's generator, and so change the shuffling.
+        live[0]._index_sampler = loader._index_sampler
+        live[0]._sampler_iter = iter(loader._index_sampler)
+    elif fetcher is not None:
+        iter(fetcher)  # workers prefetched from the old sampler: a pass nobody took a batch from is no epoch
 
 
 def _batch_part(batch: Any, position: int, keys: tuple[str, ...]) -> torch.Tensor | None:
