@@ -1,7 +1,7 @@
 """DataAuditCallback under a real Lightning Trainer: DDP on two gloo ranks, and loaders re-created every epoch.
 
 Each run trains the plain loop's model on the same noisy digits and must reach the same verdict and a
-label F1 within 0.03 of it. Runs in `nox -s integrations`; skipped where lightning is not installed.
+label F1 within 0.04 of it. Runs in `nox -s integrations`; skipped where lightning is not installed.
 """
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from fixtures.lightning_case import Digits, fit  # noqa: E402
 
 def _same_audit_as_the_plain_loop(outcome, plain) -> None:
     assert outcome.verdict == plain.verdict == "data"
-    assert abs(outcome.f1 - plain.f1) <= 0.03, (outcome.f1, plain.f1)
+    assert abs(outcome.f1 - plain.f1) <= 0.04, (outcome.f1, plain.f1)
 
 
 def _ids_are_the_batches(run) -> None:
