@@ -1,4 +1,4 @@
-"""Developer sessions: `nox -s tests`, `nox -s lint`, `nox -s bench`."""
+"""Developer sessions: `nox -s tests`, `nox -s lint`, `nox -s bench`, `nox -s integrations`."""
 from __future__ import annotations
 
 import nox
@@ -33,3 +33,15 @@ def bench(session: nox.Session) -> None:
     session.run("python", "benchmarks/bench_overhead.py")
     session.run("python", "benchmarks/bench_scale.py")
     session.run("python", "benchmarks/bench_labels.py", *session.posargs)
+
+
+@nox.session(python="3.11")
+def integrations(session: nox.Session) -> None:
+    """The Lightning and Hugging Face Trainer callbacks against the real frameworks (tests/integrations):
+    tiny models built from configs, generated or bundled data, nothing downloaded. The default
+    `tests` session skips these tests, its environment having neither framework."""
+    session.install(TORCH)
+    session.install("-e", ".[test]")
+    session.install("lightning>=2.2", "transformers>=4.46", "accelerate>=1.0")
+    session.run("python", "-m", "pytest", "-q", "tests/integrations", *session.posargs,
+                env={"HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"})

@@ -17,6 +17,7 @@ from fixtures.lightning_case import Digits, fit  # noqa: E402
 
 
 def _same_audit_as_the_plain_loop(outcome, plain) -> None:
+    print(f"verdict {outcome.verdict} (plain {plain.verdict}), label F1 {outcome.f1:.3f} (plain {plain.f1:.3f})")
     assert outcome.verdict == plain.verdict == "data"
     assert abs(outcome.f1 - plain.f1) <= 0.04, (outcome.f1, plain.f1)
 

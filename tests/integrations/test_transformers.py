@@ -38,5 +38,7 @@ def test_trainer_run_audits_like_the_plain_loop(tmp_path, plain_text, dispatch):
     np.testing.assert_array_equal(run.records["label"].to_numpy(), y[run.records["sample_id"].to_numpy()])
     assert run.records["prob"].notna().all()                     # logits were recorded too
     assert len(run.steps) == EPOCHS * (N // 32 + 1) and run.steps["grad_norm"].notna().all()
+    print(f"verdict {outcome.verdict} (plain {plain_text.verdict}), label F1 {outcome.f1:.3f} "
+          f"(plain {plain_text.f1:.3f})")
     assert outcome.verdict == plain_text.verdict == "data"
     assert abs(outcome.f1 - plain_text.f1) <= 0.04, (outcome.f1, plain_text.f1)
