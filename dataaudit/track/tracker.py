@@ -145,7 +145,8 @@ class Tracker:
             raise ValueError("track() needs a DataLoader over a map-style dataset, whose samples have indices; "
                              "for an IterableDataset use wrap() and pass ids= to record()")
         if hooked_draws(drawing, self) is None:
-            hook(drawing, Draws(self, split, drawing.batch_size))
+            draws = self._draws[split] = Draws(self, split, drawing.batch_size)
+            hook(drawing, draws)
             size = len(drawing.dataset) if hasattr(drawing.dataset, "__len__") else None
             self._add_split(split, loader, size, True)
         return loader
