@@ -23,6 +23,7 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks.callback import Callback
+from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 from torch.utils.data import DataLoader
 from torch.utils.data.dataloader import _SingleProcessDataLoaderIter
 
@@ -53,6 +54,7 @@ class DataAuditCallback(Callback):
         self.tracker_kwargs = tracker_kwargs
         self.tracker: Tracker | None = None   # made in setup(), in each process (ddp_spawn pickles the callback)
         self._loader: DataLoader | None = None
+        self._warned = False
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage == "fit" and self.tracker is None:
@@ -80,6 +82,11 @@ class DataAuditCallback(Callback):
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
         if not isinstance(outputs, Mapping) or outputs.get("losses") is None:
+            if not self._warned:
+                self._warned = True
+                rank_zero_warn("DataAuditCallback: training_step returned no per-sample 'losses' "
+                               '(return {"loss": losses.mean(), "losses": losses, "logits": logits}); '
+                               "the batches are counted as drawn, not recorded")
             return
         self.tracker.record(outputs["losses"], logits=outputs.get("logits"),
                             targets=outputs.get("targets", _batch_part(batch, 1, ("labels", "label"))),

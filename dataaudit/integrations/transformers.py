@@ -22,6 +22,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from accelerate.data_loader import DataLoaderDispatcher
 from transformers import TrainerCallback
 
 from dataaudit.track.tracker import Tracker
@@ -54,6 +55,10 @@ class DataAuditCallback(TrainerCallback):
             self.tracker = Tracker(self.run_dir, **self.tracker_kwargs)
         if train_dataloader is None:
             raise ValueError("DataAuditCallback needs the Trainer's train_dataloader at on_train_begin; got None")
+        if isinstance(train_dataloader, DataLoaderDispatcher) and args.world_size > 1:
+            # Only the main process draws; the others get slices of its batches, and their ids with them.
+            raise ValueError(f"DataAuditCallback needs each process to draw its own batches; got dispatch_batches=True "
+                             f"on {args.world_size} processes (use accelerator_config={{'dispatch_batches': False}})")
         self.tracker.track(train_dataloader)
         if self.watch and optimizer is not None and self.tracker._watch is None:
             self.tracker.watch(_torch_optimizer(optimizer), model=model, every=self.every)
@@ -112,9 +117,9 @@ class DataAuditTrainerMixin:
 
 
 def record_batch(trainer: Any, losses: torch.Tensor, **kwargs: Any) -> None:
-    """Record the per-sample losses of the batch the trainer's training step took (for a custom
-    `compute_loss`: call `trainer.callback_handler`'s DataAuditCallback's tracker through this).
-    Keyword arguments are `Tracker.record`'s (logits, targets, inputs, ids)."""
+    """Record the per-sample losses (batch,) of the batch the trainer's training step took, from a
+    `compute_loss` of your own (with the mixin's `training_step`). Keyword arguments are
+    `Tracker.record`'s: logits, targets, inputs, ids."""
     callback = _callback(trainer)
     if callback is None:
         raise ValueError("record_batch() needs a Trainer with a DataAuditCallback among its callbacks, in training")

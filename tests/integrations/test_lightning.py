@@ -96,3 +96,17 @@ def test_the_callback_changes_nothing_the_trainer_draws(tmp_path):
     assert torch.equal(tracked, untracked)
     run = dataaudit.load_run(tmp_path / "run")
     np.testing.assert_array_equal(run.records["label"].to_numpy(), untracked.numpy())
+
+
+class LossOnly(Digits):
+    """A module not yet changed for dataaudit: training_step returns the mean loss only."""
+
+    def training_step(self, batch, batch_idx):
+        return super().training_step(batch, batch_idx)["loss"]
+
+
+def test_a_module_returning_no_losses_is_told_and_its_draws_still_counted(tmp_path):
+    with pytest.warns(UserWarning, match="returned no per-sample 'losses'"):
+        fit(tmp_path / "run", epochs=2, module=LossOnly())
+    run = dataaudit.load_run(tmp_path / "run")
+    assert len(run.records) == 0 and run.coverage["complete"].all() and (run.coverage["unique"] == 1797).all()

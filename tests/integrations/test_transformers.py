@@ -42,3 +42,25 @@ def test_trainer_run_audits_like_the_plain_loop(tmp_path, plain_text, dispatch):
           f"(plain {plain_text.f1:.3f})")
     assert outcome.verdict == plain_text.verdict == "data"
     assert abs(outcome.f1 - plain_text.f1) <= 0.04, (outcome.f1, plain_text.f1)
+
+
+@pytest.mark.parametrize("dispatch", [False, True], ids=["shard", "dispatcher"])
+def test_track_learns_ids_through_a_prepared_loader(tmp_path, dispatch):
+    """Accelerate's loaders pass the DataLoader check but iterate a base loader of their own."""
+    import torch
+    from accelerate import Accelerator
+    from accelerate.utils import DataLoaderConfiguration
+    from torch.utils.data import DataLoader, TensorDataset
+
+    accelerator = Accelerator(cpu=True, dataloader_config=DataLoaderConfiguration(dispatch_batches=dispatch))
+    ds = TensorDataset(torch.arange(50).float()[:, None], torch.arange(50) % 3)
+    prepared = accelerator.prepare(DataLoader(ds, batch_size=8, shuffle=True))
+    assert type(prepared).__name__ == ("DataLoaderDispatcher" if dispatch else "DataLoaderShard")
+    with dataaudit.Tracker(tmp_path / "run") as tracker:
+        assert tracker.track(prepared) is prepared
+        for _ in range(2):
+            for x, y in prepared:
+                np.testing.assert_array_equal(tracker.batch_start(), x[:, 0].long().numpy())
+                tracker.record(torch.zeros(len(x)), targets=y)
+    run = dataaudit.load_run(tmp_path / "run")
+    assert run.coverage["complete"].all() and (run.coverage["unique"] == 50).all()
