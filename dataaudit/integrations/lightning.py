@@ -98,6 +98,7 @@ class DataAuditCallback(Callback):
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage == "fit" and self.tracker is not None:
             self.tracker.close()
+            self.tracker, self._loader = None, None   # another fit() resumes the run
 
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
         if self.tracker is not None:

@@ -69,6 +69,7 @@ class DataAuditCallback(TrainerCallback):
     def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         if self.tracker is not None:
             self.tracker.close()
+            self.tracker = None   # another train() resumes the run
 
 
 class DataAuditTrainerMixin:
