@@ -60,7 +60,7 @@ class DataAuditCallback(TrainerCallback):
             raise ValueError(f"DataAuditCallback needs each process to draw its own batches; got dispatch_batches=True "
                              f"on {args.world_size} processes (use accelerator_config={{'dispatch_batches': False}})")
         self.tracker.track(train_dataloader)
-        if self.watch and optimizer is not None and self.tracker._watch is None:
+        if self.watch and optimizer is not None:
             self.tracker.watch(_torch_optimizer(optimizer), model=model, every=self.every)
 
     def on_epoch_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
