@@ -1,5 +1,5 @@
 """Developer sessions: `nox -s tests`, `nox -s lint`, `nox -s bench`, `nox -s field`; CI also runs
-`nox -s stack resolve`."""
+`nox -s stack resolve integrations`."""
 from __future__ import annotations
 
 import re
@@ -99,3 +99,15 @@ def _freeze(session: nox.Session) -> dict[str, str]:
 def resolve(session: nox.Session) -> None:
     """The dependencies (all but torch) resolve to wheels on Python 3.12 and 3.13 (pip install --dry-run)."""
     session.run(sys.executable, ".ci/resolve.py", *(session.posargs or ["3.12", "3.13"]))
+
+
+@nox.session(python="3.11")
+def integrations(session: nox.Session) -> None:
+    """The Lightning and Hugging Face Trainer callbacks against the real frameworks (tests/integrations):
+    tiny models built from configs, generated or bundled data, nothing downloaded. The default
+    `tests` session skips these tests, its environment having neither framework."""
+    session.install(TORCH)
+    session.install("-e", ".[test]")
+    session.install("lightning>=2.2", "transformers>=4.46", "accelerate>=1.0")
+    session.run("python", "-m", "pytest", "-q", "tests/integrations", *session.posargs,
+                env={"HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"})

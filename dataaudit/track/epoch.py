@@ -36,6 +36,7 @@ class EpochBuffer:
     rank: int
     session: str
     started: float = field(default_factory=time.time)
+    expected_batches: int | None = None  # len() of the loader's batch sampler: the epoch is complete at this many
     batches: int = 0            # yielded by the loader
     yielded: int = 0            # samples in those batches, when the loader knows their ids
     recorded: int = 0           # samples passed to record()

@@ -1,11 +1,24 @@
-"""Wrap a DataLoader so that each batch it yields comes with the ids of its samples.
+"""Learn the sample ids of every batch from the loader's own batch sampler.
 
-The wrapper never touches the user's dataset, collate function or batches. It
-iterates a shallow copy of the loader whose batch sampler is replaced by a
-proxy that notes every index list it hands out. With `in_order=True` (the
-default) the loader yields batches in the order its sampler produced them,
-whatever the number of workers or how far they prefetch, so the k-th batch
-yielded belongs to the k-th index list noted: a FIFO pairs them up.
+The tracker hooks a DataLoader at its batch sampler (at its sampler when it
+batches nothing): a proxy that yields what the original yields and notes each
+index list it hands out, in order, into the split's `Draws`. With
+`in_order=True` (the default) a DataLoader yields batches in the order its
+sampler produced them, whatever the number of workers or how far they
+prefetch, so the k-th batch taken belongs to the k-th index list noted.
+
+Two ways in:
+
+- `TrackedLoader` (`tracker.wrap`), for plain loops: it iterates a shallow copy
+  of the loader holding the proxy, so the user's loader stays as it was, and it
+  tells the tracker of each batch it yields;
+- `hook` (`tracker.track`), for frameworks that iterate the DataLoader
+  themselves: the proxy goes into the DataLoader in place, so it stays a
+  DataLoader (its own class, its DistributedSampler, its workers), and the
+  framework's integration tells the tracker of each batch the loop takes.
+
+An epoch starts when the sampler starts a pass, and is complete once `len()`
+batches of it were taken, whether or not anyone exhausted the iterator.
 """
 from __future__ import annotations
 
@@ -18,26 +31,90 @@ import numpy as np
 from torch.utils.data import DataLoader, IterableDataset
 
 if TYPE_CHECKING:
+    from dataaudit.track.epoch import EpochBuffer
     from dataaudit.track.tracker import Tracker
 
 
-class _RecordingSampler:
-    """Yields what `inner` yields and appends each item's ids to `fifo`."""
+class Draws:
+    """What the sampler of one hooked loader drew in its current pass, not yet taken by the loop."""
 
-    def __init__(self, inner: Any, fifo: deque):
+    def __init__(self, tracker: Tracker, split: str, batch_size: int | None, *, indexed: bool = True):
+        self.tracker = tracker
+        self.split = split
+        self.batch_size = batch_size
+        self.indexed = indexed                  # False: the samples have no index (IterableDataset)
+        self.pending: deque[np.ndarray] = deque()
+        self.taken = 0                          # batches of this pass taken so far
+        self.epoch: EpochBuffer | None = None   # the epoch this pass is
+
+    def begin(self, expected: int | None) -> None:
+        self.pending.clear()
+        self.taken = 0
+        self.epoch = self.tracker._start_epoch(self, expected_batches=expected)
+
+
+class RecordingSampler:
+    """Yields what `inner` yields; each pass begins an epoch, and each item's ids are noted in `draws`."""
+
+    def __init__(self, inner: Any, draws: Draws):
         self.inner = inner
-        self.fifo = fifo
+        self.draws = draws
 
     def __iter__(self) -> Iterator[Any]:
+        self.draws.begin(_length(self.inner))
         for item in self.inner:
-            self.fifo.append(np.atleast_1d(np.asarray(item, dtype=np.int64)))
+            self.draws.pending.append(np.atleast_1d(np.asarray(item, dtype=np.int64)))
             yield item
 
     def __len__(self) -> int:
         return len(self.inner)
 
     def __getattr__(self, name: str) -> Any:
+        if name in ("inner", "draws"):  # not yet set (copy, pickle): avoid recursion
+            raise AttributeError(name)
         return getattr(self.inner, name)
+
+
+def base_loader(loader: Any) -> Any:
+    """The DataLoader that actually draws from the sampler: accelerate's prepared loaders
+    (DataLoaderShard, DataLoaderDispatcher) iterate a `base_dataloader` of their own."""
+    while "base_dataloader" in getattr(loader, "__dict__", {}):
+        loader = loader.__dict__["base_dataloader"]
+    return loader
+
+
+def check_loader(loader: Any, caller: str) -> bool:
+    """Whether `loader` has sample indices to learn; refuses what cannot be paired up."""
+    if isinstance(loader, DataLoader):
+        if loader.num_workers > 0 and getattr(loader, "in_order", True) is False:
+            raise ValueError(
+                "dataaudit cannot pair batches with sample ids when the DataLoader has in_order=False "
+                "(batches arrive out of order); use in_order=True (the default)"
+            )
+        return not isinstance(loader.dataset, IterableDataset)
+    if caller == "track()":
+        raise TypeError(f"track() needs a torch DataLoader; got {type(loader).__name__}")
+    return False
+
+
+def hook(loader: DataLoader, draws: Draws) -> None:
+    """Put a recording proxy in place of `loader`'s batch sampler (its sampler when it batches nothing)."""
+    attr = "batch_sampler" if loader.batch_sampler is not None else "sampler"
+    proxy = RecordingSampler(getattr(loader, attr), draws)
+    # DataLoader forbids setting its samplers after construction; the proxy changes
+    # nothing it yields, so the loader stays valid.
+    object.__setattr__(loader, attr, proxy)
+    iterator = loader.__dict__.get("_iterator")
+    if iterator is not None:  # persistent workers: the next pass reuses this iterator's sampler
+        iterator._index_sampler = loader._index_sampler
+
+
+def hooked_draws(loader: Any, tracker: Tracker) -> Draws | None:
+    """The Draws of `tracker` already hooked into `loader`, if any."""
+    sampler = loader.batch_sampler if loader.batch_sampler is not None else loader.sampler
+    if isinstance(sampler, RecordingSampler) and sampler.draws.tracker is tracker:
+        return sampler.draws
+    return None
 
 
 class TrackedLoader:
@@ -54,24 +131,14 @@ class TrackedLoader:
         self.loader = loader
         self.split = split
         self._tracker = tracker
-        self._fifo: deque = deque()
-        self.has_index = isinstance(loader, DataLoader) and not isinstance(loader.dataset, IterableDataset)
-        if isinstance(loader, DataLoader):
-            if loader.num_workers > 0 and getattr(loader, "in_order", True) is False:
-                raise ValueError(
-                    "dataaudit cannot pair batches with sample ids when the DataLoader has in_order=False "
-                    "(batches arrive out of order); use in_order=True (the default)"
-                )
-        self._inner = self._recording_copy(loader) if self.has_index else loader
-
-    def _recording_copy(self, loader: DataLoader) -> DataLoader:
-        inner = copy.copy(loader)
-        attr = "batch_sampler" if loader.batch_sampler is not None else "sampler"
-        # DataLoader forbids setting its samplers after construction; this copy
-        # is private to the wrapper, so the user's loader stays as it was.
-        object.__setattr__(inner, attr, _RecordingSampler(getattr(loader, attr), self._fifo))
-        object.__setattr__(inner, "_iterator", None)
-        return inner
+        self.has_index = check_loader(loader, "wrap()")
+        self.draws = Draws(tracker, split, getattr(loader, "batch_size", None), indexed=self.has_index)
+        self._inner = loader
+        if self.has_index:
+            # The copy is private to the wrapper: the user's loader stays as it was.
+            self._inner = copy.copy(loader)
+            object.__setattr__(self._inner, "_iterator", None)
+            hook(self._inner, self.draws)
 
     @property
     def dataset_size(self) -> int | None:
@@ -86,17 +153,23 @@ class TrackedLoader:
         return len(self.loader)
 
     def __getattr__(self, name: str) -> Any:
-        if name in ("loader", "_inner"):  # not yet set: avoid recursion during __init__
+        if name in ("loader", "_inner", "draws"):  # not yet set: avoid recursion during __init__
             raise AttributeError(name)
         return getattr(self.loader, name)
 
     def __iter__(self) -> Iterator[Any]:
-        self._fifo.clear()
-        epoch = self._tracker._start_epoch(self)
+        if not self.has_index:  # no sampler to begin the pass: it begins here
+            self.draws.begin(None)
         for batch in self._inner:
-            ids = self._fifo.popleft() if self.has_index else None
-            self._tracker._batch_yielded(self, epoch, ids)
+            self._tracker._take(self.draws)
             yield batch
         # A pass left before its end (break, next(iter(loader))) stays open, so its
         # last batch can still be recorded; the next pass or close() ends it.
-        self._tracker._end_epoch(self, epoch, exhausted=True)
+        self._tracker._end_epoch(self.draws.epoch, exhausted=True)
+
+
+def _length(sampler: Any) -> int | None:
+    try:
+        return len(sampler)
+    except TypeError:
+        return None

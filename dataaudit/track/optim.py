@@ -4,10 +4,14 @@ Everything is computed with device tensors and kept on the device until the
 tracker flushes an epoch: no step reads a value back to the host.
 
 - gradient norm: the global L2 norm of the gradients the optimizer steps with
-  (after any clipping), every step;
+  (after any clipping), every step. With `optimizer.step(closure)` (LBFGS,
+  Lightning's automatic optimization) the closure computes them inside step():
+  they are read when it first returns;
 - raw gradient norm: the same norm as backward left it, before any clipping,
-  read by a post-accumulate-grad hook on each parameter every `every` steps
-  (never when `every` is 0). A measured step is clipped when its gradient
+  every `every` steps (never when `every` is 0). It is read at the very end of
+  the backward pass (a post-accumulate-grad hook queues the read), after
+  DistributedDataParallel has averaged the gradients over the ranks: a
+  rank's own gradient, before that, is not what the optimizer steps with. A measured step is clipped when its gradient
   norm is clearly below its raw norm; the steps between are judged clipped when
   their norm sits at the clipping threshold those steps revealed;
 - update-to-weight ratio ||delta w|| / ||w||, and per-parameter norms, on
@@ -57,7 +61,8 @@ class OptimizerWatch:
         self.scaler = scaler
         self.step = start_step            # optimizer steps taken, over the whole run
         self._attempts = start_attempt    # including AMP-skipped steps
-        self._raw: dict[int, torch.Tensor] = {}
+        self._raw: torch.Tensor | None = None    # the raw norm the last sampled backward left
+        self._read_queued = False
         self._before: list[torch.Tensor] | None = None
         self._pending_loss: torch.Tensor | None = None
         self.rows: list[dict] = []
@@ -66,18 +71,26 @@ class OptimizerWatch:
             optimizer.register_step_pre_hook(self._pre),
             optimizer.register_step_post_hook(self._post),
         ]
-        for i, p in enumerate(self.params):
+        for p in self.params:
             if p.requires_grad:
-                self._handles.append(p.register_post_accumulate_grad_hook(self._grad_hook(i)))
+                self._handles.append(p.register_post_accumulate_grad_hook(self._grad_hook))
         self._scaler_step = None
         if scaler is not None:
             self._wrap_scaler(scaler)
 
-    def _grad_hook(self, i: int):
-        def hook(p: torch.Tensor) -> None:
-            if p.grad is not None and self._sampled():
-                self._raw[i] = torch.linalg.vector_norm(p.grad.detach()).float()
-        return hook
+    def _grad_hook(self, p: torch.Tensor) -> None:
+        if self._read_queued or not self._sampled():
+            return
+        self._read_queued = True
+        engine = torch.autograd.Variable._execution_engine
+        # Callbacks run once the backward pass is done, in the order queued. DDP queues its
+        # all-reduce's end during the pass, after this one: queueing again from the callback
+        # puts the read after it.
+        engine.queue_callback(lambda: engine.queue_callback(self._read_raw))
+
+    def _read_raw(self) -> None:
+        self._read_queued = False
+        self._raw = _norm([p.grad for p in self.params if p.grad is not None])
 
     def _wrap_scaler(self, scaler: Any) -> None:
         original = scaler.step
@@ -101,18 +114,43 @@ class OptimizerWatch:
         """Whether the coming step is one whose raw gradient and update norms are measured."""
         return self.every > 0 and self.step % self.every == 0
 
-    def _pre(self, optimizer, args, kwargs) -> None:
-        self._grad_norm = _norm([p.grad for p in self.params if p.grad is not None])
-        self._raw_norm = None
-        if self._raw:
-            self._raw_norm = torch.linalg.vector_norm(torch.stack([self._raw[i] for i in sorted(self._raw)]))
-            if self.scaler is not None and getattr(self.scaler, "_scale", None) is not None:
-                self._raw_norm = self._raw_norm / self.scaler._scale.float()
-            self._raw.clear()
+    def _pre(self, optimizer, args, kwargs) -> tuple[tuple, dict] | None:
         if self._sampled():
             self._before = [p.detach().clone() for p in self.params]
+        # args is (optimizer, *step arguments): the closure, if any, is the first step argument
+        closure = kwargs.get("closure", args[1] if len(args) > 1 else None)
+        if closure is None:
+            self._measure()
+            return None
+        # A closure computes the gradients inside step(): they are measured when it first
+        # returns (after any clipping it does), not here, where they are the last step's.
+        self._grad_norm = self._raw_norm = None
+        measured = False
+
+        def measuring_closure():
+            nonlocal measured
+            loss = closure()
+            if not measured:  # LBFGS evaluates again during its line search: the step starts from the first
+                measured = True
+                self._measure()
+            return loss
+
+        if "closure" in kwargs:
+            return args, {**kwargs, "closure": measuring_closure}
+        return (args[0], measuring_closure, *args[2:]), kwargs
+
+    def _measure(self) -> None:
+        """Norms of the gradients as they are now, the ones the coming update uses."""
+        self._grad_norm = _norm([p.grad for p in self.params if p.grad is not None])
+        self._raw_norm = self._raw
+        if self._raw is not None:
+            if self.scaler is not None and getattr(self.scaler, "_scale", None) is not None:
+                self._raw_norm = self._raw / self.scaler._scale.float()
+            self._raw = None
 
     def _post(self, optimizer, args, kwargs) -> None:
+        self._raw = None  # left by a closure's later evaluations: not the next step's
+        self._read_queued = False
         self._attempts += 1
         row = self._row(skipped=False)
         if self._before is not None:

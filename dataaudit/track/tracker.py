@@ -41,7 +41,7 @@ from dataaudit.track.inputs import (
     sketch_shape,
     token_summary,
 )
-from dataaudit.track.loader import TrackedLoader
+from dataaudit.track.loader import Draws, TrackedLoader, base_loader, check_loader, hook, hooked_draws
 from dataaudit.track.optim import OptimizerWatch, write_steps
 from dataaudit.track.probes import Probes, check_options, param_info
 from dataaudit.track.sampler_info import sampler_facts
@@ -54,9 +54,9 @@ _INPUT_BUDGET = 64 << 20
 
 @dataclass
 class _Pending:
-    """The batch the loader yielded last, waiting for its record() call."""
+    """The batch the loop took last, waiting for its record() call."""
 
-    loader: TrackedLoader
+    draws: Draws
     epoch: EpochBuffer
     ids: np.ndarray | None
     recorded: bool = False
@@ -78,7 +78,9 @@ class Tracker:
     max_prob_classes : full predicted probabilities are stored up to this many classes.
     top_k_probs : above max_prob_classes, the `top_k_probs` most probable classes and their probabilities
         are stored per sample instead (what confident learning needs for many classes); 0 stores none.
-    rank : process rank for distributed runs (default: torch.distributed's, else 0).
+    rank : process rank for distributed runs (default: torch.distributed's, else $RANK, else 0),
+        learnt at the first write (wrap, watch, the first epoch, close), not at construction:
+        a tracker made before the process group exists still writes as its own rank.
     """
 
     def __init__(self, run_dir: str | os.PathLike, *, flush_rows: int | None = None, sketch_dim: int = 32,
@@ -91,54 +93,119 @@ class Tracker:
         self.path = Path(run_dir)
         if self.path.exists() and not self.path.is_dir():
             raise ValueError(f"Tracker needs a directory for the run; {self.path} is a file")
-        self.rank = _default_rank() if rank is None else int(rank)
+        _check_run_dir(self.path)
+        self._rank = None if rank is None else int(rank)
         self.flush_rows = flush_rows
         self.max_prob_classes = max_prob_classes
         if not isinstance(top_k_probs, int) or top_k_probs < 0:
             raise ValueError(f"Tracker needs top_k_probs to be a non-negative integer; got {top_k_probs!r}")
         self.top_k_probs = top_k_probs
         self._session = uuid.uuid4().hex[:8]
-        self._loaders: dict[str, TrackedLoader] = {}
+        self._loaders: dict[str, Any] = {}       # split -> the loader given last to wrap() or track()
         self._open: dict[str, EpochBuffer] = {}
+        self._draws: dict[str, Draws] = {}      # split -> the Draws of its loader hooked last
         self._pending: _Pending | None = None
         self._projection: dict[str, Projection] = {}
         self._fingerprints: dict[str, Projection] = {}
         self._watch: OptimizerWatch | None = None
         self._probes: Probes | None = None
         self._closed = False
-        # One writer per rank: a second Tracker on this run and rank is refused (see track/lock.py).
-        self._lock = lock.acquire(self.path, self.rank, session=self._session)
-        weakref.finalize(self, lock.release, self._lock).atexit = False  # dropped without close()
-        try:
-            self._manifest = self._open_manifest(seed=seed, sketch_dim=sketch_dim, reservoir=reservoir,
-                                                 sketch_rows=sketch_rows)
-        except BaseException:
-            lock.release(self._lock)
-            raise
-        if self._lock.took_over is not None:
-            note = f"took over the lock of rank {self.rank} from {lock.describe(self._lock.took_over)}, gone"
-            self._manifest["sessions"][-1]["took_over_lock"] = self._lock.took_over
-            warnings.warn(f"dataaudit: {self.path}: {note}", RuntimeWarning, stacklevel=2)
+        self._settings = {"seed": seed, "sketch_dim": sketch_dim, "reservoir": reservoir, "sketch_rows": sketch_rows}
+        self._manifest_data: dict | None = None   # opened at the first write, once the rank is known
+        self._lock: lock.RankLock | None = None
         self._writer = store.Writer(pass_through=(TargetRangeError,))
-        self._commit()
         atexit.register(_close_at_exit, weakref.ref(self))
+
+    @property
+    def rank(self) -> int:
+        """This process's rank; asking for it fixes it (see `rank` above)."""
+        self._manifest  # noqa: B018 (opening the manifest learns the rank)
+        return self._rank
+
+    @property
+    def _manifest(self) -> dict:
+        """The run's manifest for this rank, opened (created or resumed) on first use."""
+        if self._manifest_data is None:
+            if self._rank is None:
+                self._rank = _default_rank()
+            # One writer per rank: a second Tracker on this run and rank is refused (see track/lock.py).
+            self._lock = lock.acquire(self.path, self._rank, session=self._session)
+            weakref.finalize(self, lock.release, self._lock).atexit = False  # dropped without close()
+            try:
+                self._manifest_data = self._open_manifest(**self._settings)
+            except BaseException:
+                lock.release(self._lock)
+                raise
+            if self._lock.took_over is not None:
+                note = f"took over the lock of rank {self._rank} from {lock.describe(self._lock.took_over)}, gone"
+                self._manifest_data["sessions"][-1]["took_over_lock"] = self._lock.took_over
+                warnings.warn(f"dataaudit: {self.path}: {note}", RuntimeWarning, stacklevel=3)
+            self._commit()
+        return self._manifest_data
 
     # ------------------------------------------------------------------ public
 
     def wrap(self, loader: Any, split: str = "train") -> TrackedLoader:
-        """Return a loader that yields exactly what `loader` yields; each full pass is one epoch of `split`."""
-        self._check_open()
-        if not isinstance(split, str) or not split.isidentifier():
-            raise ValueError(f"wrap() needs split to be a short name such as 'train' or 'val'; got {split!r}")
-        tracked = TrackedLoader(loader, self, split)  # first: it names a loader wrapped already
-        if split in self._loaders:
-            raise ValueError(f"wrap() was already called for split {split!r}; wrap each loader once")
-        self._loaders[split] = tracked
-        info = self._manifest["splits"].setdefault(split, {})
-        info["dataset_size"] = tracked.dataset_size
-        info["loader"] = sampler_facts(loader)
-        info.setdefault("id_source", "index" if tracked.has_index else "explicit")
+        """Return a loader that yields exactly what `loader` yields; each full pass is one epoch of `split`.
+
+        An epoch is complete once `len(loader)` batches of it were drawn (or the pass was
+        exhausted). Wrapping another loader for the same split (a loader re-created every
+        epoch) continues that split's epochs.
+        """
+        self._check_split(split, "wrap()")
+        tracked = TrackedLoader(loader, self, split)
+        self._add_split(split, tracked, tracked.dataset_size, tracked.has_index, facts_of=loader)
         return tracked
+
+    def track(self, loader: Any, split: str = "train") -> Any:
+        """Hook `loader`'s own batch sampler, in place, to learn each batch's sample ids; return `loader`.
+
+        For training frameworks that iterate the DataLoader themselves (see
+        `dataaudit.integrations`): the loader stays the very same DataLoader, with its
+        (distributed) sampler, workers and class, and yields the very same batches.
+        Call `batch_start` as the loop takes each batch, then `record`. A new loader for
+        the same split (re-created every epoch) continues that split; tracking the same
+        loader again changes nothing. Accelerate's prepared loaders are hooked at the
+        DataLoader they draw from.
+        """
+        self._check_split(split, "track()")
+        drawing = base_loader(loader)
+        if not check_loader(drawing, "track()"):
+            raise ValueError("track() needs a DataLoader over a map-style dataset, whose samples have indices; "
+                             "for an IterableDataset use wrap() and pass ids= to record()")
+        if hooked_draws(drawing, self) is None:
+            draws = self._draws[split] = Draws(self, split, drawing.batch_size)
+            hook(drawing, draws)
+            size = len(drawing.dataset) if hasattr(drawing.dataset, "__len__") else None
+            self._add_split(split, loader, size, True, facts_of=drawing)
+        return loader
+
+    def batch_start(self, index: int | None = None, split: str = "train") -> np.ndarray:
+        """The loop took the next batch of a loader given to `track()`: the one `record()` records next.
+
+        Parameters
+        ----------
+        index : the batch's position in the pass (a framework's `batch_idx`), if known: batches
+            drawn before it and never taken count as drawn but not recorded.
+        split : the split of the loader.
+
+        Returns
+        -------
+        ids : ndarray of shape (batch,), the batch's sample ids.
+        """
+        self._check_open()
+        draws = self._draws.get(split)
+        if draws is None:
+            raise RuntimeError(f"batch_start() needs a loader of split {split!r} given to track() first")
+        return self._take(draws, index)
+
+    def end_epoch(self, split: str = "train") -> None:
+        """The loop ended its pass over `split`: end the epoch now rather than at the next pass or close().
+        It is complete when the loader's `len()` batches were taken."""
+        self._check_open()
+        epoch = self._open.get(split)
+        if epoch is not None:
+            self._end(epoch, exhausted=False)
 
     def watch(self, optimizer: torch.optim.Optimizer, *, model: torch.nn.Module | None = None,
               scaler: Any = None, every: int = 10, scheduler: Any = None, activations: bool | int = False) -> None:
@@ -191,7 +258,8 @@ class Tracker:
         pending = self._pending
         if pending is None:
             raise RuntimeError("record() was called before a wrapped loader yielded a batch; "
-                               "iterate tracker.wrap(loader) and call record() once per batch")
+                               "iterate tracker.wrap(loader) (or call batch_start() for a tracked one) "
+                               "and call record() once per batch")
         if pending.recorded:
             raise RuntimeError("record() was already called for this batch; call it once per batch the loader yields")
         if self._probes is not None and isinstance(losses, torch.Tensor):
@@ -249,33 +317,75 @@ class Tracker:
 
     # ------------------------------------------------------- called by loaders
 
-    def _start_epoch(self, loader: TrackedLoader) -> EpochBuffer:
+    def _start_epoch(self, draws: Draws, *, expected_batches: int | None) -> EpochBuffer:
+        """A sampler began a pass over `draws.split`: a new epoch, ending the split's open one."""
         self._check_open()
-        split = loader.split
-        if split in self._open:  # the previous pass was abandoned without being exhausted
-            self._end(self._open[split], exhausted=False)
+        split = draws.split
+        self._draws[split] = draws
+        previous = self._open.pop(split, None)
         info = self._manifest["splits"][split]
+        if previous is not None:
+            if previous.batches == 0 and not previous.rows:
+                # a pass nobody took a batch from (a framework re-creating its iterator) is no epoch
+                info["next_epoch"] = previous.epoch
+            else:  # the previous pass was abandoned: complete if len() batches were taken
+                self._end(previous, exhausted=False)
         number = info.get("next_epoch", 0)
         if split != "train" and "train" in self._manifest["splits"]:
             # A validation pass belongs to the training epoch it follows.
             number = max(number, self._train_epoch())
         info["next_epoch"] = number + 1
-        epoch = EpochBuffer(split=split, epoch=number, rank=self.rank, session=self._session)
+        epoch = EpochBuffer(split=split, epoch=number, rank=self.rank, session=self._session,
+                            expected_batches=expected_batches)
         self._open[split] = epoch
         return epoch
 
-    def _batch_yielded(self, loader: TrackedLoader, epoch: EpochBuffer, ids: np.ndarray | None) -> None:
+    def _take(self, draws: Draws, index: int | None = None) -> np.ndarray | None:
+        """The loop took the next batch of `draws` (the index-th of the pass, if given); returns its ids."""
+        epoch = draws.epoch
+        if epoch is None or epoch.ended:
+            raise RuntimeError(f"a batch of split {draws.split!r} was taken but its loader's sampler began no pass; "
+                               "track() the loader before the loop starts iterating it")
+        if index is not None:
+            if index < draws.taken:
+                raise ValueError(f"batch_start() got index={index}, but batch {draws.taken} of this pass "
+                                 f"was taken already; pass each batch's index once, in order")
+            while draws.taken < index and draws.pending:  # drawn, never given to the loop
+                self._took(draws, epoch, draws.pending.popleft())
+        if draws.indexed and not draws.pending:
+            raise RuntimeError(f"a batch of split {draws.split!r} was taken, but its sampler drew only "
+                               f"{draws.taken} batches this pass")
+        ids = draws.pending.popleft() if draws.indexed else None
+        self._took(draws, epoch, ids)
+        return ids
+
+    def _took(self, draws: Draws, epoch: EpochBuffer, ids: np.ndarray | None) -> None:
         self._note_unrecorded()
+        draws.taken += 1
         epoch.batches += 1
         if ids is not None:
             epoch.yielded += len(ids)
-        self._pending = _Pending(loader, epoch, ids)
+        self._pending = _Pending(draws, epoch, ids)
 
-    def _end_epoch(self, loader: TrackedLoader, epoch: EpochBuffer, *, exhausted: bool) -> None:
-        if not self._closed and not epoch.ended:
+    def _end_epoch(self, epoch: EpochBuffer | None, *, exhausted: bool) -> None:
+        if epoch is not None and not self._closed and not epoch.ended:
             self._end(epoch, exhausted=exhausted)
 
     # ---------------------------------------------------------------- internal
+
+    def _check_split(self, split: str, caller: str) -> None:
+        self._check_open()
+        if not isinstance(split, str) or not split.isidentifier():
+            raise ValueError(f"{caller} needs split to be a short name such as 'train' or 'val'; got {split!r}")
+
+    def _add_split(self, split: str, loader: Any, dataset_size: int | None, has_index: bool, *,
+                   facts_of: Any) -> None:
+        """Note the split's loader; `facts_of` is the DataLoader whose sampling contract is recorded."""
+        self._loaders[split] = loader
+        info = self._manifest["splits"].setdefault(split, {})
+        info["dataset_size"] = dataset_size
+        info["loader"] = sampler_facts(facts_of)
+        info.setdefault("id_source", "index" if has_index else "explicit")
 
     def _train_epoch(self) -> int:
         train = self._open.get("train")
@@ -294,7 +404,7 @@ class Tracker:
             if ids.dtype.kind not in "iu":
                 raise TypeError(f"record() needs integer sample ids; got ids of dtype {ids.dtype}")
             ids = ids.astype(np.int64).reshape(-1)
-            self._manifest["splits"][pending.loader.split]["id_source"] = "explicit"
+            self._manifest["splits"][pending.draws.split]["id_source"] = "explicit"
         if len(ids) != n:
             source = "ids" if pending.ids is None or ids is not pending.ids else "the loader's batch"
             raise ValueError(f"record() got {n} losses but {source} has {len(ids)} samples; "
@@ -443,8 +553,10 @@ class Tracker:
             if self._probes is not None:
                 self._probes.epoch_end(self._manifest, epoch=epoch.epoch, session=self._session,
                                        step=self._watch.step, submit=self._writer.submit)
+        # Frameworks stop after len() batches without exhausting the iterator: complete all the same.
+        complete = exhausted or (epoch.expected_batches is not None and epoch.batches >= epoch.expected_batches)
         entry = {
-            "split": epoch.split, "epoch": epoch.epoch, "rank": self.rank, "complete": exhausted,
+            "split": epoch.split, "epoch": epoch.epoch, "rank": self.rank, "complete": complete,
             "batches": epoch.batches, "samples": epoch.yielded, "recorded": epoch.recorded,
             "started": _iso(epoch.started), "ended": _now(), "session": self._session,
         }
@@ -477,7 +589,7 @@ class Tracker:
         the two never touch it at once; a process killed from here on keeps all
         that was committed.
         """
-        path = self.path / store.manifest_name(self.rank)
+        path = self.path / store.manifest_name(self._rank)
 
         def write() -> None:
             self._manifest["updated"] = _now()
@@ -487,14 +599,14 @@ class Tracker:
         self._writer.flush()
 
     def _open_manifest(self, *, seed: int, sketch_dim: int, reservoir: int, sketch_rows: int) -> dict:
-        manifest_path = self.path / store.manifest_name(self.rank)
+        manifest_path = self.path / store.manifest_name(self._rank)
         session = {"id": self._session, "opened": _now(), "closed": None, "pid": os.getpid()}
         if manifest_path.exists():
-            manifest = store.read_manifest(self.path, self.rank)
+            manifest = store.read_manifest(self.path, self._rank)
             # a run begun by an older dataaudit may lack settings added since
             for key, value in {"dim": sketch_dim, "reservoir": reservoir, "rows": sketch_rows, "seed": seed}.items():
                 manifest.setdefault("sketch", {}).setdefault(key, value)
-            moved = store.move_uncommitted(self.path, set(manifest["files"]), rank=self.rank)
+            moved = store.move_uncommitted(self.path, set(manifest["files"]), rank=self._rank)
             session["resumed"] = True
             session["moved_to_partial"] = len(moved)
             manifest.setdefault("sessions", []).append(session)
@@ -510,7 +622,7 @@ class Tracker:
             "updated": _now(),
             "dataaudit_version": _version(),
             "torch_version": torch.__version__,
-            "rank": self.rank,
+            "rank": self._rank,
             "world_size": _world_size(),
             "num_classes": None,
             "sketch": {"dim": sketch_dim, "reservoir": reservoir, "rows": sketch_rows, "seed": seed},
@@ -553,6 +665,14 @@ def _close_at_exit(ref: weakref.ref) -> None:
             tracker.close()
         except Exception:  # the interpreter is going away; the committed epochs are safe
             pass
+
+
+def _check_run_dir(path: Path) -> None:
+    """A run directory is new, empty, or already a run (of any rank)."""
+    if path.is_dir() and not any(path.glob("manifest*.json")) and any(
+            not store.is_run_entry(p.name) for p in path.iterdir()):
+        raise ValueError(f"Tracker needs an empty or new directory, or an existing dataaudit run; "
+                         f"{path} holds other files and no {store.MANIFEST}")
 
 
 def _default_rank() -> int:

@@ -3,7 +3,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from torch.utils.data import DataLoader, Dataset, IterableDataset, TensorDataset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, IterableDataset, TensorDataset
 
 import dataaudit
 
@@ -129,3 +129,106 @@ def test_without_auto_collation(run_dir):
         for _x, y in tracker.wrap(loader):
             tracker.record(torch.zeros(1), targets=y.reshape(1))
     assert dataaudit.load_run(run_dir).records.sample_id.tolist() == list(range(6))
+
+
+def test_an_epoch_is_complete_once_len_batches_were_taken(run_dir):
+    """Frameworks (Lightning) stop after len(loader) batches and never exhaust the iterator."""
+    loader = DataLoader(IndexDataset(25), batch_size=10, shuffle=True, generator=torch.Generator().manual_seed(0))
+    with dataaudit.Tracker(run_dir) as tracker:
+        wrapped = tracker.wrap(loader)
+        for _ in range(2):
+            for _i, (x, y) in zip(range(len(wrapped)), wrapped, strict=False):  # zip stops before asking for more
+                tracker.record(torch.zeros(len(x)), targets=y)
+        for _i, (x, y) in zip(range(2), wrapped, strict=False):  # a pass left one batch short
+            tracker.record(torch.zeros(len(x)), targets=y)
+    run = dataaudit.load_run(run_dir)
+    assert run.coverage["complete"].tolist() == [True, True, False]
+    assert run.coverage["unique"].tolist() == [25, 25, 20]
+
+
+def _index_loader(n=30, **kwargs):
+    return DataLoader(IndexDataset(n), batch_size=4, shuffle=True, generator=torch.Generator().manual_seed(2),
+                      **kwargs)
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_track_hooks_the_dataloader_in_place_and_keeps_its_distributed_sampler(run_dir, workers):
+    ds = IndexDataset(30)
+    sampler = DistributedSampler(ds, num_replicas=2, rank=1, shuffle=True, seed=3)
+    loader = DataLoader(ds, batch_size=4, sampler=sampler, num_workers=workers)
+    with dataaudit.Tracker(run_dir) as tracker:
+        assert tracker.track(loader) is loader and type(loader) is DataLoader
+        assert loader.batch_sampler.sampler is sampler and len(loader) == 4
+        for epoch in range(2):
+            sampler.set_epoch(epoch)
+            for x, y in loader:                    # the framework iterates the loader itself
+                ids = tracker.batch_start()
+                np.testing.assert_array_equal(ids, x[:, 0].long().numpy())
+                tracker.record(torch.zeros(len(x)), targets=y)
+    run = dataaudit.load_run(run_dir)
+    expected = [np.array(list(sampler_epoch(sampler, e))) for e in range(2)]
+    for epoch in range(2):
+        np.testing.assert_array_equal(run.train.draws[epoch], expected[epoch])
+    assert run.coverage["complete"].all()
+
+
+def sampler_epoch(sampler, epoch):
+    sampler.set_epoch(epoch)
+    return iter(sampler)
+
+
+def test_batch_start_by_index_counts_skipped_batches_as_drawn(run_dir):
+    loader = _index_loader()
+    with dataaudit.Tracker(run_dir) as tracker:
+        tracker.track(loader)
+        for i, (x, y) in enumerate(loader):
+            if i == 2:          # a framework skipped this batch (training_step returned None)
+                continue
+            np.testing.assert_array_equal(tracker.batch_start(index=i), x[:, 0].long().numpy())
+            tracker.record(torch.zeros(len(x)), targets=y)
+        tracker.end_epoch()
+        with pytest.raises(ValueError, match="was taken already"):
+            for _batch in loader:
+                tracker.batch_start(index=0)
+    run = dataaudit.load_run(run_dir)
+    assert len(run.train.draws[0]) == 30 and (run.records.epoch == 0).sum() == 26
+    assert run.coverage["complete"].tolist()[0]
+
+
+def test_a_recreated_loader_continues_the_split(run_dir):
+    """Lightning's reload_dataloaders_every_n_epochs: a new loader for the same split every epoch."""
+    with dataaudit.Tracker(run_dir) as tracker:
+        for _ in range(2):
+            for x, y in tracker.wrap(_index_loader()):
+                tracker.record(torch.zeros(len(x)), targets=y)
+        for _ in range(2):
+            loader = tracker.track(_index_loader())
+            assert tracker.track(loader) is loader          # tracking it again changes nothing
+            for x, y in loader:
+                tracker.batch_start()
+                tracker.record(torch.zeros(len(x)), targets=y)
+    run = dataaudit.load_run(run_dir)
+    assert run.train.epochs == [0, 1, 2, 3] and run.coverage["complete"].all()
+    assert (run.coverage["unique"] == 30).all()
+
+
+def test_a_pass_nobody_took_a_batch_from_is_no_epoch(run_dir):
+    loader = _index_loader(num_workers=2)
+    with dataaudit.Tracker(run_dir) as tracker:
+        tracker.track(loader)
+        iter(loader)            # a framework made an iterator, then re-created it: the workers drew ahead
+        for x, y in loader:
+            tracker.batch_start()
+            tracker.record(torch.zeros(len(x)), targets=y)
+    run = dataaudit.load_run(run_dir)
+    assert run.train.epochs == [0] and run.coverage["complete"].all()
+
+
+def test_track_refuses_what_it_cannot_hook(run_dir):
+    with dataaudit.Tracker(run_dir) as tracker:
+        with pytest.raises(TypeError, match="track\\(\\) needs a torch DataLoader; got list"):
+            tracker.track([1, 2])
+        with pytest.raises(ValueError, match="IterableDataset"):
+            tracker.track(DataLoader(Stream(), batch_size=5))
+        with pytest.raises(RuntimeError, match="track\\(\\) first"):
+            tracker.batch_start(split="val")

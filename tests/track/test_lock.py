@@ -29,10 +29,10 @@ WRITER = textwrap.dedent("""
     ds = TensorDataset(torch.randn(40, 3), torch.randint(0, 2, (40,)))
     try:
         tracker = dataaudit.Tracker(run_dir)
+        loader = tracker.wrap(DataLoader(ds, batch_size=10))   # the first write takes the rank's lock
     except RuntimeError as e:
         print("REFUSED", e, flush=True)
         sys.exit(3)
-    loader = tracker.wrap(DataLoader(ds, batch_size=10))
     for x, y in loader:
         tracker.record(F.cross_entropy(torch.zeros(len(y), 2), y, reduction="none"), targets=y)
     print("HOLDING", flush=True)
@@ -80,29 +80,36 @@ def test_the_lock_of_a_killed_writer_is_taken_over_and_said_so(tmp_path, run_dir
     assert killed.returncode == -signal.SIGKILL
     assert json.loads(lock.lock_path(run_dir, 0).read_text())["pid"] == killed.pid  # left behind
     with pytest.warns(RuntimeWarning, match=f"took over the lock of rank 0 from pid {killed.pid}"):
-        tracker = dataaudit.Tracker(run_dir)
+        tracker = _opened(run_dir)
     tracker.close()
     session = dataaudit.load_run(run_dir).meta["sessions"][-1]
     assert session["took_over_lock"]["pid"] == killed.pid
 
 
 def test_a_second_tracker_in_one_process_is_refused_until_the_first_closes(run_dir):
-    first = dataaudit.Tracker(run_dir)
+    first = _opened(run_dir)
     with pytest.raises(lock.RunLockedError, match="Tracker of this process: close"):
-        dataaudit.Tracker(run_dir)
+        _opened(run_dir)
     first.close()
-    dataaudit.Tracker(run_dir).close()
-    dropped = dataaudit.Tracker(run_dir)  # never closed: its lock goes with it
+    _opened(run_dir).close()
+    dropped = _opened(run_dir)  # never closed: its lock goes with it
     del dropped
     gc.collect()
-    dataaudit.Tracker(run_dir).close()
+    _opened(run_dir).close()
 
 
 def test_ranks_hold_their_own_locks(run_dir):
-    zero, one = dataaudit.Tracker(run_dir, rank=0), dataaudit.Tracker(run_dir, rank=1)
+    zero, one = _opened(run_dir, rank=0), _opened(run_dir, rank=1)
     assert lock.lock_path(run_dir, 0).exists() and lock.lock_path(run_dir, 1).exists()
     zero.close()
     one.close()
+
+
+def _opened(run_dir, **kwargs) -> dataaudit.Tracker:
+    """A Tracker that has made its first write: the rank's lock is taken then (the rank is known by then)."""
+    tracker = dataaudit.Tracker(run_dir, **kwargs)
+    tracker.rank  # noqa: B018 (learning the rank opens the run)
+    return tracker
 
 
 def _plant(run_dir, **holder):
@@ -118,10 +125,10 @@ def test_a_reused_pid_does_not_keep_a_stale_lock(run_dir):
         time.sleep(0.2)
         _plant(run_dir, pid=sleeper.pid, process_start=lock._process_start(sleeper.pid) - 1)
         with pytest.warns(RuntimeWarning, match=f"from pid {sleeper.pid}"):
-            dataaudit.Tracker(run_dir).close()
+            _opened(run_dir).close()
         _plant(run_dir, pid=sleeper.pid, process_start=lock._process_start(sleeper.pid))  # that very process
         with pytest.raises(lock.RunLockedError, match=f"pid {sleeper.pid}"):
-            dataaudit.Tracker(run_dir)
+            _opened(run_dir)
     finally:
         sleeper.kill()
         sleeper.wait()
@@ -130,12 +137,12 @@ def test_a_reused_pid_does_not_keep_a_stale_lock(run_dir):
 def test_a_lock_from_another_host_is_refused_with_how_to_clear_it(run_dir):
     _plant(run_dir, host="elsewhere-node-7", pid=4242)
     with pytest.raises(lock.RunLockedError, match="on host 'elsewhere-node-7'.*If that process is gone, delete"):
-        dataaudit.Tracker(run_dir)
+        _opened(run_dir)
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="fork")
 def test_a_forked_child_never_releases_its_parents_lock(run_dir):
-    tracker = dataaudit.Tracker(run_dir)
+    tracker = _opened(run_dir)
     pid = os.fork()
     if pid == 0:  # as a DataLoader worker would, were it to drop its copy of the tracker
         lock.release(tracker._lock)

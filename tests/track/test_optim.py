@@ -105,3 +105,58 @@ def test_hooks_are_removed_on_close(run_dir):
     model(torch.randn(3, 2)).sum().backward()
     opt.step()
     assert not opt._optimizer_step_pre_hooks and not opt._optimizer_step_post_hooks
+
+
+def _closure_run(run_dir, optimizer: str, use_closure: bool, steps: int = 6):
+    """Full-batch steps on blobs; returns the recorded steps and the norms the closure itself saw first per step."""
+    X, y = blobs(n=48)
+    X, y = torch.from_numpy(X), torch.from_numpy(y)
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.Tanh(), torch.nn.Linear(16, 3))
+    if optimizer == "lbfgs":
+        opt = torch.optim.LBFGS(model.parameters(), lr=0.5, max_iter=4)
+    else:
+        opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    seen: list[list[float]] = []
+    with dataaudit.Tracker(run_dir) as tracker:
+        loader = tracker.wrap(DataLoader(TensorDataset(X, y), batch_size=48))
+        tracker.watch(opt, model=model, every=1)
+        for _ in range(steps):
+            for xb, yb in loader:
+                seen.append([])
+
+                def closure(xb=xb, yb=yb):
+                    opt.zero_grad()
+                    losses = F.cross_entropy(model(xb), yb, reduction="none")
+                    losses.mean().backward()
+                    grads = [p.grad for p in model.parameters()]
+                    seen[-1].append(float(torch.linalg.vector_norm(torch.stack([g.norm() for g in grads]))))
+                    return losses.mean()
+
+                if use_closure:
+                    opt.step(closure)
+                else:
+                    closure()
+                    opt.step()
+                tracker.record(F.cross_entropy(model(xb), yb, reduction="none").detach(), targets=yb)
+    return dataaudit.load_run(run_dir).steps, seen
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "lbfgs"])
+def test_closure_steps_record_the_gradients_of_the_step_taken(tmp_path, optimizer):
+    steps, seen = _closure_run(tmp_path / "run", optimizer, use_closure=True)
+    assert len(steps) == 6 and steps["grad_norm"].notna().all()
+    # the gradient each step starts from: the closure's first evaluation in that step, not the step before
+    first = [s[0] for s in seen]
+    np.testing.assert_allclose(steps["grad_norm"], first, rtol=1e-5)
+    np.testing.assert_allclose(steps["grad_norm_raw"], first, rtol=1e-5)
+    assert not steps["clipped"].any() and steps["update_ratio"].gt(0).all()
+    if optimizer == "lbfgs":  # the line search evaluated again: those later gradients are not the step's
+        assert any(len(s) > 1 for s in seen)
+
+
+def test_a_closure_step_reads_like_the_same_step_without_one(tmp_path):
+    with_closure, _ = _closure_run(tmp_path / "a", "sgd", use_closure=True)
+    without, _ = _closure_run(tmp_path / "b", "sgd", use_closure=False)
+    for column in ("grad_norm", "grad_norm_raw", "update_ratio"):
+        np.testing.assert_allclose(with_closure[column], without[column], rtol=1e-5)

@@ -142,13 +142,22 @@ def test_validation_split_is_tracked_beside_training(run_dir):
     assert len(run.split("val").records) == 60 and len(run.records) == 120
 
 
-def test_wrap_twice_and_bad_split(run_dir):
+def test_bad_split(run_dir):
     with dataaudit.Tracker(run_dir) as tracker:
-        tracker.wrap(_loader())
-        with pytest.raises(ValueError, match="already called for split 'train'"):
-            tracker.wrap(_loader())
         with pytest.raises(ValueError, match="short name"):
             tracker.wrap(_loader(), split="my split")
+        with pytest.raises(ValueError, match="short name"):
+            tracker.track(_loader(), split="")
+
+
+def test_the_run_is_written_at_the_first_write_not_at_construction(run_dir):
+    tracker = dataaudit.Tracker(run_dir)
+    assert not run_dir.exists()          # the rank is not known yet: nothing is written under a guessed one
+    for x, y in tracker.wrap(_loader()):
+        tracker.record(torch.zeros(len(x)), targets=y)
+    assert tracker.rank == 0 and (run_dir / "manifest.json").exists()
+    tracker.close()
+    assert len(dataaudit.load_run(run_dir).records) == 40
 
 
 def test_refuses_a_directory_with_other_files(tmp_path):
