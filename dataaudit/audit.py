@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dataaudit import store
+from dataaudit import probes, store
 from dataaudit.attribution import attribute
 from dataaudit.checks import REGISTRY, CheckResult, Finding, get_check
 from dataaudit.run import Run, load_run
@@ -33,6 +33,7 @@ class Audit:
     label_issues: tuple[int, ...] = ()
     attribution: dict[str, Any] = field(default_factory=dict)
     run_summary: dict[str, Any] = field(default_factory=dict)
+    probes: dict[str, Any] | None = None
     run: Run | None = field(default=None, repr=False, compare=False)
     thumbnails: dict[int, str] = field(default_factory=dict, repr=False, compare=False)
 
@@ -69,6 +70,7 @@ class Audit:
             "findings": [f.to_dict() for f in self.findings],
             "checks": self.checks,
             "run": self.run_summary,
+            **({"probes": self.probes} if self.probes else {}),
         }
 
     def write_json(self, path: str | Path) -> Path:
@@ -93,6 +95,8 @@ def analyze(run: str | Path | Run, *, checks: Iterable[str] | None = None) -> Au
     results = {name: get_check(name)(run) for name in names}
     labels = results.get("labels")
     attribution = attribute(run, results)
+    probed = probes.latest(run.path)  # a probe of the run measured the share: the verdict rests on it
+    attribution = probes.apply(attribution, probed)
     plateau = results.get("plateau")
     return Audit(
         verdict=attribution.verdict,
@@ -102,6 +106,7 @@ def analyze(run: str | Path | Run, *, checks: Iterable[str] | None = None) -> Au
         label_issues=tuple(labels.details.get("label_issues", [])) if labels else (),
         attribution={**attribution.details, "verdict": attribution.verdict, "data_share": attribution.data_share},
         run_summary=_summary(run),
+        probes=probes.section(probed),
         run=run,
     )
 
