@@ -27,7 +27,7 @@ RESTART_FACTOR = 10.0
 LOWER_FACTOR = 0.1
 _FINDING = ("warning", "critical")
 # Signals after which the optimizer's state (momentum, moment estimates) may itself hold training back.
-_STALE_STATE = {"update_ratio_tiny", "vanishing_gradients", "exploding_gradients", "amp_steps_skipped",
+_STALE_STATE = {"vanishing_gradients", "exploding_gradients", "amp_steps_skipped",
                 "lr_too_high", "diverged", "nonfinite_loss"}
 
 
@@ -90,10 +90,12 @@ def plan(audit: Audit, *, clip: float | None = None, arms: str | list[str] = "au
     """
     results = audit.results
     notes: list[str] = []
-    data_arms = _data_arms(audit, notes)
-    opt_arms = _optimizer_arms(results, clip, notes)
+    extra: list[Arm] = []
+    data_arms = _data_arms(audit, notes, extra)
+    opt_arms = _optimizer_arms(results, clip, notes, extra)
     candidates = data_arms + opt_arms
     if arms != "auto":
+        candidates = sorted(data_arms + opt_arms + extra, key=lambda a: a.kind != "data")
         wanted = [arms] if isinstance(arms, str) else list(arms)
         known = {a.name for a in candidates} | {"control"}
         valid = set(DATA_CHANGES) | set(OPT_CHANGES) | {"control"}
@@ -107,7 +109,8 @@ def plan(audit: Audit, *, clip: float | None = None, arms: str | list[str] = "au
     return [control(), *candidates], notes
 
 
-def _data_arms(audit: Audit, notes: list[str]) -> list[Arm]:
+def _data_arms(audit: Audit, notes: list[str], extra: list[Arm]) -> list[Arm]:
+    """The data arms the findings call for; `extra` receives those run only when asked for by name."""
     results, run = audit.results, audit.run
     arms = []
     labels = results.get("labels")
@@ -117,12 +120,16 @@ def _data_arms(audit: Audit, notes: list[str]) -> list[Arm]:
         if len(flagged):
             ids = flagged["sample_id"].to_numpy(np.int64)
             suggested = flagged["suggested_label"].to_numpy(np.int64)
-            arms.append(Arm("drop_flagged", "data", f"the {len(ids)} samples flagged as mislabeled left out",
-                            data="drop_flagged", params={"ids": ids}))
             ok = suggested >= 0
-            arms.append(Arm("relabel_flagged", "data",
-                            f"the {int(ok.sum())} flagged samples relabelled to their suggested class",
-                            data="relabel_flagged", params={"ids": ids[ok], "labels": suggested[ok]}))
+            drop = Arm("drop_flagged", "data", f"the {len(ids)} samples flagged as mislabeled left out",
+                       data="drop_flagged", params={"ids": ids})
+            relabel = Arm("relabel_flagged", "data",
+                          f"the {int(ok.sum())} flagged samples relabelled to their suggested class",
+                          data="relabel_flagged", params={"ids": ids[ok], "labels": suggested[ok]})
+            # Dropping lowers the rest's mean loss by selection alone (see share.best): by default it is run
+            # only where there is no suggested label to relabel with.
+            arms += [relabel] if ok.any() else [drop]
+            extra.append(drop if ok.any() else relabel)
     imbalance = results.get("class_imbalance")
     if imbalance is not None and imbalance.status in _FINDING:
         classes = [int(c) for c in imbalance.details.get("classes", [])]
@@ -171,7 +178,9 @@ def _feature_stats(run, details: dict) -> dict | None:
             "std": np.where(std > 0, std, 1.0)}
 
 
-def _optimizer_arms(results: dict, clip: float | None, notes: list[str]) -> list[Arm]:
+def _optimizer_arms(results: dict, clip: float | None, notes: list[str], extra: list[Arm]) -> list[Arm]:
+    """The optimizer arms: always the learning-rate restart; lowering the rate unless it collapsed (then it
+    is moot; run when asked for by name); the others where a signal calls for them."""
     opt = results.get("optimizer")
     signals = list(opt.details.get("signals", [])) if opt is not None else []
     details = opt.details if opt is not None else {}
@@ -179,23 +188,22 @@ def _optimizer_arms(results: dict, clip: float | None, notes: list[str]) -> list
     # A collapsed lr is restored to its peak (the fix), a healthy one restarted at 10x and decayed back.
     restore = "lr_collapsed" in signals and peak and final and final > 0
     factor = float(peak / final) if restore else RESTART_FACTOR
-    arms = [
-        Arm("lr_restart", "optimizer",
-            f"learning rate restored to the run's peak ({peak:.3g}, {factor:.3g}x the current)" if restore else
-            f"learning rate raised {RESTART_FACTOR:g}x, decayed back over the first half of the continuation",
-            optimizer="lr_restart",
-            params={"lr_start": factor, "lr_end": factor if restore else 1.0, "warmup": 0.25 if restore else 0.0}),
-        Arm("lr_lower", "optimizer", f"learning rate lowered {1 / LOWER_FACTOR:g}x", optimizer="lr_lower",
-            params={"lr_start": LOWER_FACTOR, "lr_end": LOWER_FACTOR}),
-    ]
-    if set(signals) & _STALE_STATE:
-        arms.append(Arm("reset_state", "optimizer", "the optimizer's state (momentum, moment estimates) reset",
-                        optimizer="reset_state"))
+    arms = [Arm("lr_restart", "optimizer",
+                f"learning rate restored to the run's peak ({peak:.3g}, {factor:.3g}x the current)" if restore else
+                f"learning rate raised {RESTART_FACTOR:g}x, decayed back over the first half of the continuation",
+                optimizer="lr_restart",
+                params={"lr_start": factor, "lr_end": factor if restore else 1.0, "warmup": 0.25 if restore else 0.0})]
+    lower = Arm("lr_lower", "optimizer", f"learning rate lowered {1 / LOWER_FACTOR:g}x", optimizer="lr_lower",
+                params={"lr_start": LOWER_FACTOR, "lr_end": LOWER_FACTOR})
+    (extra if restore else arms).append(lower)
+    reset = Arm("reset_state", "optimizer", "the optimizer's state (momentum, moment estimates) reset",
+                optimizer="reset_state")
+    (arms if set(signals) & _STALE_STATE else extra).append(reset)
     if clip is not None or "clipping_always" in signals:
         arms.append(Arm("unclip", "optimizer", "gradient clipping removed", optimizer="unclip"))
-    if "frozen_layers" in signals:
-        arms.append(Arm("unfreeze", "optimizer", "frozen parameters unfrozen (and added to the optimizer)",
-                        optimizer="unfreeze"))
+    unfreeze = Arm("unfreeze", "optimizer", "frozen parameters unfrozen (and added to the optimizer)",
+                   optimizer="unfreeze")
+    (arms if "frozen_layers" in signals else extra).append(unfreeze)
     if "clipping_always" in signals and clip is None:
         notes.append("clipping binds (telemetry) but probe() was not given clip=: the control continues with the "
                      "threshold the telemetry revealed")

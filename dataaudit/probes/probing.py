@@ -94,7 +94,8 @@ def probe(run_dir: str | Path, *, model: torch.nn.Module, optimizer: torch.optim
     plan = _cost(run, loader, n_arms=len(runnable) + has_both, seeds=len(seeds), epochs=epochs, subset=subset,
                  budget=budget)
     first_loss = _first_epoch_loss(run)
-    probe_id = time.strftime("%Y%m%dT%H%M%S")
+    now = time.time_ns()  # ids sort by time, to the microsecond: the newest probe is the one analyze reads
+    probe_id = time.strftime("%Y%m%dT%H%M%S", time.gmtime(now // 10**9)) + f"{now // 1000 % 10**6:06d}"
     summary = {"format": "dataaudit-probe", "version": 1, "id": probe_id, "created": _now(), "complete": False,
                "plan": {**plan, "seeds": [int(s) for s in seeds], "arms": [_describe(a) for a in planned]},
                "notes": notes, "first_epoch_loss": round(first_loss, 5),
@@ -147,6 +148,9 @@ def _validate(run_dir, model, optimizer, loader, dataset, batch_size, loss_fn, b
         raise ValueError("probe needs exactly one of loader= (the training DataLoader) or dataset=")
     if loader is None:
         loader = DataLoader(dataset, batch_size=batch_size, shuffle=True)
+    from dataaudit.track.loader import TrackedLoader
+    if isinstance(loader, TrackedLoader):  # tracker.wrap(train_loader): the user's loader is inside
+        loader = loader.loader
     if not isinstance(loader, DataLoader):
         raise TypeError(f"probe(loader=) needs a torch DataLoader; got {type(loader).__name__}")
     if (loss_fn is None) == (batch_loss is None):
@@ -210,7 +214,7 @@ def _seconds_per_sample(run) -> float | None:
 
 def _estimate_line(plan: dict, n_arms: int, seeds: int) -> str:
     t = plan["estimated_seconds"]
-    when = f", about {t:.0f} s at the original run's pace" if t is not None else ""
+    when = f", about {t:.2g} s at the original run's pace" if t is not None else ""
     share_ = f" = {plan['fraction']:.0%} of the original run's {plan['original_samples']:,}" if plan["fraction"] else ""
     return (f"dataaudit.probe: {n_arms} arms x {seeds} seeds x {plan['epochs']} epochs of {plan['steps_per_epoch']} "
             f"batches ({plan['subset']:.0%} of an epoch): {plan['samples']:,} samples{share_}{when}")
