@@ -26,3 +26,10 @@ def collapsed_run(tmp_path_factory):
     X = X / 4.0  # slower to fit, so that one epoch leaves a loss to remove
     run_dir = tmp_path_factory.mktemp("probe") / "collapsed"
     return (run_dir, *tracked(run_dir, X, y, epochs=30, lr=0.05, cut=(1, 1e-4)))
+
+
+@pytest.fixture(scope="module")
+def noisy_audit(noisy_run):
+    """The passive audit of noisy_run, computed once (probe(audit=) skips analyzing again)."""
+    import dataaudit
+    return dataaudit.analyze(noisy_run[0])

@@ -24,9 +24,10 @@ def test_lr_collapse_is_measured_as_optimizer(collapsed_run):
     assert p.summary["cost"]["fraction_done"] <= 0.2  # the default budget
 
 
-def test_label_noise_is_measured_as_data(noisy_run):
+def test_label_noise_is_measured_as_data(noisy_run, noisy_audit):
     run_dir, model, opt, loader = noisy_run
-    p = dataaudit.probe(run_dir, model=model, optimizer=opt, loader=loader, loss_fn=cross_entropy, progress=False)
+    p = dataaudit.probe(run_dir, model=model, optimizer=opt, loader=loader, loss_fn=cross_entropy, progress=False,
+                        audit=noisy_audit)
     arms = p.arms.set_index("arm")
     assert arms.loc["relabel_flagged", "reduction"] > 0.3
     assert p.verdict == "data" and p.data_share >= 0.8
@@ -51,17 +52,17 @@ def _same(a, b) -> bool:
     return a == b
 
 
-def test_user_state_is_bit_identical_afterwards(noisy_run):
+def test_user_state_is_bit_identical_afterwards(noisy_run, noisy_audit):
     run_dir, model, opt, loader = noisy_run
     before = _state(model, opt, loader)
-    dataaudit.probe(run_dir, model=model, optimizer=opt, loader=loader, loss_fn=cross_entropy, progress=False,
+    dataaudit.probe(run_dir, model=model, optimizer=opt, loader=loader, loss_fn=cross_entropy, progress=False, audit=noisy_audit,
                     arms=["relabel_flagged", "lr_restart", "reset_state", "unfreeze"], verbose=False)
     assert _same(before, _state(model, opt, loader))
     # and the optimizer still steps the user's own parameters
     assert all(p is q for p, q in zip(opt.param_groups[0]["params"], model.parameters(), strict=True))
 
 
-def test_ctrl_c_keeps_what_was_measured(noisy_run, capsys):
+def test_ctrl_c_keeps_what_was_measured(noisy_run, noisy_audit, capsys):
     run_dir, model, opt, loader = noisy_run
     calls = {"n": 0}
 
@@ -71,7 +72,7 @@ def test_ctrl_c_keeps_what_was_measured(noisy_run, capsys):
             raise KeyboardInterrupt
         return cross_entropy(m(batch[0]), batch[1])
 
-    p = dataaudit.probe(run_dir, model=model, optimizer=opt, loader=loader, batch_loss=interrupted,
+    p = dataaudit.probe(run_dir, model=model, optimizer=opt, loader=loader, batch_loss=interrupted, audit=noisy_audit,
                         epochs=1, subset=0.5, progress=False)
     assert not p.complete
     assert "interrupted" in capsys.readouterr().err
@@ -99,24 +100,25 @@ def test_analyze_rests_on_the_probe(noisy_run, tmp_path):
     assert "probe" in audit.write_html(tmp_path / "audit.html").read_text().lower()
 
 
-def test_cost_is_stated_and_bounded(noisy_run, capsys):
+def test_cost_is_stated_and_bounded(noisy_run, noisy_audit, capsys):
     run_dir, model, opt, loader = noisy_run
     with pytest.raises(ValueError, match="over its budget of 20%"):
-        dataaudit.probe(run_dir, model=model, optimizer=opt, loader=loader, loss_fn=cross_entropy, epochs=5,
+        dataaudit.probe(run_dir, model=model, optimizer=opt, loader=loader, loss_fn=cross_entropy, epochs=5, audit=noisy_audit,
                         subset=1.0, progress=False)
     p = dataaudit.probe(run_dir, model=model, optimizer=opt, loader=loader, loss_fn=cross_entropy, progress=False,
-                        arms=["lr_restart"], seeds=[0])
+                        arms=["lr_restart"], seeds=[0], audit=noisy_audit)
     err = capsys.readouterr().err
     assert "2 arms x 1 seeds x 2 epochs" in err and "of the original run's 18,000" in err
     # the plan counts whole batches: an upper bound, met within the last batch's shortfall
     assert 0.95 * p.summary["plan"]["samples"] <= p.summary["cost"]["samples_done"] <= p.summary["plan"]["samples"]
 
 
-def test_bad_arguments_name_what_was_expected(noisy_run):
+def test_bad_arguments_name_what_was_expected(noisy_run, noisy_audit):
     run_dir, model, opt, loader = noisy_run
     with pytest.raises(ValueError, match="exactly one of loss_fn="):
         dataaudit.probe(run_dir, model=model, optimizer=opt, loader=loader)
     with pytest.raises(ValueError, match="arms="):
-        dataaudit.probe(run_dir, model=model, optimizer=opt, loader=loader, loss_fn=cross_entropy, arms=["nope"])
+        dataaudit.probe(run_dir, model=model, optimizer=opt, loader=loader, loss_fn=cross_entropy, arms=["nope"],
+                        audit=noisy_audit)
     with pytest.raises(TypeError, match="torch.optim.Optimizer"):
         dataaudit.probe(run_dir, model=model, optimizer="adam", loader=loader, loss_fn=cross_entropy)
