@@ -83,8 +83,16 @@ def loader_for(arm: Arm, loader: DataLoader, *, labels: np.ndarray | None, seed:
         weights = np.where(labels >= 0, 1.0 / np.maximum(counts[np.clip(labels, 0, None)], 1), 0.0)
         sampler = WeightedRandomSampler(torch.as_tensor(weights), num_samples=len(dataset), replacement=True,
                                         generator=generator)
-    return DataLoader(dataset, batch_size=loader.batch_size, sampler=sampler, collate_fn=loader.collate_fn,
-                      drop_last=loader.drop_last, num_workers=0)
+    out = DataLoader(dataset, batch_size=loader.batch_size, sampler=sampler, collate_fn=loader.collate_fn,
+                     drop_last=loader.drop_last, num_workers=0)
+    if change == "balance_classes":
+        # The yardstick stays the mean loss over the dataset's samples: a draw of class c counts
+        # p_natural(c) / p_balanced(c), so that drawing the rare classes more often does not by itself
+        # raise (or lower) the measured loss.
+        natural = counts / counts.sum()
+        present = counts > 0
+        out.class_weights = torch.as_tensor(np.where(present, natural * present.sum(), 0.0), dtype=torch.float64)
+    return out
 
 
 def _copied_sampler(loader: DataLoader, generator: torch.Generator):

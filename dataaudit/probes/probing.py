@@ -256,8 +256,11 @@ def _run(arm, training, loader, labels, seed, plan, bar) -> dict:
     arm_loader = data.loader_for(arm, loader, labels=labels, seed=int(seed))
     result = runner.run_arm(arm, training, arm_loader, seed=int(seed), epochs=plan["epochs"],
                             steps_per_epoch=plan["steps_per_epoch"], on_step=bar.update)
-    return {"arm": arm.name, "seed": int(seed), "level": result.level, "estimated": False,
-            "epoch_loss": result.epoch_loss, "samples": result.samples, "seconds": round(result.seconds, 3)}
+    row = {"arm": arm.name, "seed": int(seed), "level": result.level, "estimated": False,
+           "epoch_loss": result.epoch_loss, "samples": result.samples, "seconds": round(result.seconds, 3)}
+    if result.absorbed is not None:
+        row["absorbed"] = result.absorbed
+    return row
 
 
 def _kinds(planned) -> dict[str, str]:
@@ -283,6 +286,11 @@ def _save(run_dir, probe_id, summary, planned, rows, estimated, first_loss, *, c
             control = runs.loc[runs["arm"] == "control", "level"]
             measured = share.measure(table, data_arm=data_arm, opt_arm=opt_arm, first_loss=first_loss,
                                      control_level=float(control.mean()))
+    if "absorbed" in runs and (runs["absorbed"] == False).any():  # noqa: E712 (NaN for the other arms)
+        note = ("standardise_features: the model's first linear layer could not absorb the standardisation, so "
+                "the arm also measures the shock of inputs the model was not trained on")
+        if note not in summary["notes"]:
+            summary["notes"].append(note)
     summary.update(complete=complete, share=measured, arms=arms_table.to_dict("records"),
                    cost={"samples_done": int(runs["samples"].sum()) if "samples" in runs else 0,
                          "seconds": round(float(runs["seconds"].sum()), 2) if "seconds" in runs else 0.0,

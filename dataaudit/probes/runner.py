@@ -91,7 +91,7 @@ def run_arm(arm: Arm, training: Training, loader: DataLoader, *, seed: int, epoc
         if arm.data == "standardise_features":
             absorbed = absorb_standardisation(model, arm.params, _to(next(iter(loader)), device))
         model.train()
-        sums, counts, step, last_half = [], [], 0, []
+        sums, counts, step, samples, last_half = [], [], 0, 0, []
         total_steps = epochs * steps_per_epoch
         for _ in range(epochs):
             total, count = 0.0, 0
@@ -115,12 +115,13 @@ def run_arm(arm: Arm, training: Training, loader: DataLoader, *, seed: int, epoc
                     g["lr"] = lr
                 if scheduler is not None and training.scheduler_step == "step":
                     scheduler.step()
-                loss_sum = float(losses.detach().sum())
+                loss_sum, weight = _weighted(losses.detach(), batch, getattr(loader, "class_weights", None))
                 total += loss_sum
-                count += len(losses)
+                count += weight
                 if step >= total_steps // 2:
-                    last_half.append((loss_sum, len(losses)))
+                    last_half.append((loss_sum, weight))
                 step += 1
+                samples += len(losses)
                 if on_step is not None:
                     on_step(len(losses))
             if scheduler is not None and training.scheduler_step == "epoch":
@@ -130,7 +131,7 @@ def run_arm(arm: Arm, training: Training, loader: DataLoader, *, seed: int, epoc
         seen = sum(n for _, n in last_half)
         level = sum(s for s, _ in last_half) / seen if seen else math.nan
     return ArmRun(arm.name, seed, tuple(s / c if c else math.nan for s, c in zip(sums, counts, strict=True)), level,
-                  int(sum(counts)), time.perf_counter() - start, absorbed)
+                  samples, time.perf_counter() - start, absorbed)
 
 
 def _lr_factor(arm: Arm, total_steps: int) -> Callable[[int], float]:
@@ -150,6 +151,14 @@ def _lr_factor(arm: Arm, total_steps: int) -> Callable[[int], float]:
             return end
         return end + (start - end) * 0.5 * (1 + math.cos(math.pi * (step - warm) / max(half - warm, 1)))
     return factor
+
+
+def _weighted(losses: torch.Tensor, batch, class_weights: torch.Tensor | None) -> tuple[float, float]:
+    """(sum of the losses, their count), each draw weighted by its class's weight when there are weights."""
+    if class_weights is None:
+        return float(losses.sum()), float(len(losses))
+    w = class_weights.to(losses.device)[batch[1].long()].to(losses.dtype)
+    return float((losses * w).sum()), float(w.sum())
 
 
 def _unfreeze(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
@@ -38,8 +39,11 @@ def test_relabel_and_balance():
     assert int(ds[0][1]) == 1 and int(ds[3][1]) == 0 and int(ds[1][1]) == 1
     labels = np.array([0] * 36 + [1] * 4)
     balance = arms.Arm("balance_classes", "data", "balance", data="balance_classes")
-    drawn = np.array([int(i) for i in data.loader_for(balance, loader, labels=labels, seed=0).sampler])
+    balanced = data.loader_for(balance, loader, labels=labels, seed=0)
+    drawn = np.array([int(i) for i in balanced.sampler])
     assert 0.3 < (labels[drawn] == 1).mean() < 0.7  # the 10% class is drawn about half the time
+    # the yardstick weighs the draws back to the classes' natural frequencies (0.9 and 0.1 over the balanced 0.5)
+    assert balanced.class_weights.tolist() == pytest.approx([1.8, 0.2])
 
 
 def test_standardising_is_absorbed_by_the_first_layer():

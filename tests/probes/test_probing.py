@@ -97,7 +97,8 @@ def test_analyze_rests_on_the_probe(noisy_run, tmp_path):
     section = written["probes"]
     assert section["share"]["share"] == p.data_share and section["complete"] is True
     assert {a["arm"] for a in section["arms"]} >= {"relabel_flagged", "lr_restart", "both"}
-    assert "probe" in audit.write_html(tmp_path / "audit.html").read_text().lower()
+    html = audit.write_html(tmp_path / "audit.html").read_text()
+    assert "Probes: the data share measured by experiment" in html and "relabel_flagged" in html
 
 
 def test_cost_is_stated_and_bounded(noisy_run, noisy_audit, capsys):
