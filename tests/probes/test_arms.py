@@ -18,11 +18,11 @@ def _optimizer(*signals, **details) -> CheckResult:
                                      details={"signals": list(signals), "lr_peak": 0.1, "lr_final": 1e-5})
 
 
-def _labels() -> CheckResult:
+def _labels(evidence: str = "moderate") -> CheckResult:
     table = pd.DataFrame({"sample_id": [0, 1, 2, 3], "label": [0, 1, 1, 0], "suggested_label": [1, 1, 0, 0],
                           "flagged": [True, False, True, False]})
     return CheckResult.from_findings("labels", [Finding("labels", "critical", "2 wrong labels")], score=0.5,
-                                     details={}, per_sample=table)
+                                     details={"evidence": evidence}, per_sample=table)
 
 
 def test_a_collapsed_learning_rate_is_restored_to_its_peak():
@@ -49,6 +49,13 @@ def test_findings_choose_the_data_and_optimizer_arms():
     assert arms.clip_threshold(audit.results, None) == 0.01  # the telemetry's threshold
     assert arms.clip_threshold(audit.results, 0.5) == 0.5  # the user's own
     assert any("clip=" in n for n in notes)
+
+
+def test_flagged_samples_are_dropped_only_on_strong_evidence():
+    names = [a.name for a in arms.plan(_audit(labels=_labels("strong"), optimizer=_optimizer()))[0]]
+    assert names[:3] == ["control", "relabel_flagged", "drop_flagged"]
+    names = [a.name for a in arms.plan(_audit(labels=_labels("moderate"), optimizer=_optimizer()))[0]]
+    assert "drop_flagged" not in names
 
 
 def test_a_drift_becomes_an_estimated_arm_with_a_note():

@@ -54,12 +54,20 @@ def _same(a, b) -> bool:
 
 def test_user_state_is_bit_identical_afterwards(noisy_run, noisy_audit):
     run_dir, model, opt, loader = noisy_run
-    before = _state(model, opt, loader)
-    dataaudit.probe(run_dir, model=model, optimizer=opt, loader=loader, loss_fn=cross_entropy, progress=False, audit=noisy_audit,
-                    arms=["relabel_flagged", "lr_restart", "reset_state", "unfreeze"], verbose=False)
-    assert _same(before, _state(model, opt, loader))
-    # and the optimizer still steps the user's own parameters
-    assert all(p is q for p, q in zip(opt.param_groups[0]["params"], model.parameters(), strict=True))
+    scheduler = torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5)
+    model[0].bias.requires_grad_(False)  # a frozen parameter, which the unfreeze arm unfreezes in its copy
+    try:
+        before = (_state(model, opt, loader), copy.deepcopy(scheduler.state_dict()))
+        dataaudit.probe(run_dir, model=model, optimizer=opt, loader=loader, loss_fn=cross_entropy, audit=noisy_audit,
+                        scheduler=scheduler, arms=["relabel_flagged", "lr_restart", "reset_state", "unfreeze"],
+                        progress=False, verbose=False)
+        assert _same(before, (_state(model, opt, loader), scheduler.state_dict()))
+        # and the optimizer still steps the user's own parameters
+        assert all(p is q for p, q in zip(opt.param_groups[0]["params"], model.parameters(), strict=True))
+    finally:
+        model[0].bias.requires_grad_(True)
+        for g in opt.param_groups:
+            g.pop("initial_lr", None)
 
 
 def test_ctrl_c_keeps_what_was_measured(noisy_run, noisy_audit, capsys):
@@ -104,8 +112,8 @@ def test_analyze_rests_on_the_probe(noisy_run, tmp_path):
 def test_cost_is_stated_and_bounded(noisy_run, noisy_audit, capsys):
     run_dir, model, opt, loader = noisy_run
     with pytest.raises(ValueError, match="over its budget of 20%"):
-        dataaudit.probe(run_dir, model=model, optimizer=opt, loader=loader, loss_fn=cross_entropy, epochs=5, audit=noisy_audit,
-                        subset=1.0, progress=False)
+        dataaudit.probe(run_dir, model=model, optimizer=opt, loader=loader, loss_fn=cross_entropy, epochs=5,
+                        subset=1.0, audit=noisy_audit, progress=False)
     p = dataaudit.probe(run_dir, model=model, optimizer=opt, loader=loader, loss_fn=cross_entropy, progress=False,
                         arms=["lr_restart"], seeds=[0], audit=noisy_audit)
     err = capsys.readouterr().err

@@ -42,11 +42,11 @@ def test_measure_gives_the_interval_over_seeds_and_says_when_it_is_inconclusive(
     assert converged["conclusive"] and share.verdict(converged) == "none"
 
 
-def test_best_prefers_relabelling_to_dropping():
+def test_best_is_the_arm_that_removes_most():
     table = _table({"control": [1.0], "relabel_flagged": [0.5], "lr_restart": [1.0], "both": [0.5]})
     dropped = table.iloc[[0]].assign(arm="drop_flagged", reduction=0.9)
-    assert share.best(pd.concat([table, dropped]), "data") == "relabel_flagged"
-    assert share.best(dropped, "data") == "drop_flagged"
+    assert share.best(pd.concat([table, dropped]), "data") == "drop_flagged"
+    assert share.best(table, "optimizer") == "lr_restart" and share.best(table.iloc[:0], "data") is None
 
 
 def test_apply_rests_the_verdict_on_a_conclusive_probe_and_keeps_the_passive_estimate():
