@@ -90,7 +90,8 @@ def probe(run_dir: str | Path, *, model: torch.nn.Module, optimizer: torch.optim
     training.clip = arms_.clip_threshold(audit.results, clip)
     planned, notes = arms_.plan(audit, clip=clip, arms=arms)
     runnable = [a for a in planned if not a.estimated]
-    has_both = any(a.kind == "data" for a in planned) and any(a.kind == "optimizer" for a in planned)
+    # "both" is run when a data arm that runs (not one read from the records) meets an optimizer arm
+    has_both = any(a.kind == "data" for a in runnable) and any(a.kind == "optimizer" for a in runnable)
     plan = _cost(run, loader, n_arms=len(runnable) + has_both, seeds=len(seeds), epochs=epochs, subset=subset,
                  budget=budget)
     first_loss = _first_epoch_loss(run)
@@ -119,7 +120,7 @@ def probe(run_dir: str | Path, *, model: torch.nn.Module, optimizer: torch.optim
             planned.append(combined)
             for seed in seeds:
                 if combined.estimated:
-                    rows.append(_estimated_both(rows, estimated, data_arm, opt_arm, seed))
+                    rows.append(_estimated_both(data_arm, opt_arm, seed))
                 else:
                     rows.append(_run(combined, training, loader, labels, seed, plan, bar))
                 _save(run_dir, probe_id, summary, planned, rows, estimated, first_loss, complete=False)
@@ -246,7 +247,7 @@ def _estimated_rows(planned: list, run, seeds: Sequence[int]) -> list[dict]:
     return out
 
 
-def _estimated_both(rows, estimated, data_arm, opt_arm, seed) -> dict:
+def _estimated_both(data_arm: str, opt_arm: str, seed: int) -> dict:
     """Both together, when the data arm is read from the records: the larger of the two reductions."""
     return {"arm": "both", "seed": int(seed), "level": math.nan, "estimated": True, "epoch_loss": (), "samples": 0,
             "seconds": 0.0, "max_of": [data_arm, opt_arm]}

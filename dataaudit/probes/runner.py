@@ -115,7 +115,7 @@ def run_arm(arm: Arm, training: Training, loader: DataLoader, *, seed: int, epoc
                 for g, lr in zip(optimizer.param_groups, base, strict=True):  # the scheduler keeps its own course
                     g["lr"] = lr
                 if scheduler is not None and training.scheduler_step == "step":
-                    _step(scheduler)
+                    _step(scheduler, float(losses.detach().mean()))
                 loss_sum, weight = _weighted(losses.detach(), batch, getattr(loader, "class_weights", None))
                 total += loss_sum
                 count += weight
@@ -126,7 +126,7 @@ def run_arm(arm: Arm, training: Training, loader: DataLoader, *, seed: int, epoc
                 if on_step is not None:
                     on_step(len(losses))
             if scheduler is not None and training.scheduler_step == "epoch":
-                _step(scheduler)
+                _step(scheduler, total / count if count else None)
             sums.append(total)
             counts.append(count)
         seen = sum(n for _, n in last_half)
@@ -154,12 +154,16 @@ def _lr_factor(arm: Arm, total_steps: int) -> Callable[[int], float]:
     return factor
 
 
-def _step(scheduler) -> None:
+def _step(scheduler, loss: float | None) -> None:
+    """scheduler.step(), with the training loss for ReduceLROnPlateau (the continuation has no validation loss)."""
     # A deep-copied scheduler no longer sees the copied optimizer's step counter and warns that step() was
     # overridden; the order of the calls here is the right one.
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Seems like `optimizer.step\\(\\)` has been overridden")
-        scheduler.step()
+        if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+            scheduler.step(loss)
+        else:
+            scheduler.step()
 
 
 def _weighted(losses: torch.Tensor, batch, class_weights: torch.Tensor | None) -> tuple[float, float]:
