@@ -4,8 +4,8 @@
 For each scenario: the truth (four trainings from scratch: as planted, data fixed, optimizer fixed, both; Shapley
 split of the last-third training loss), the passive estimate (`analyze` of the planted run before probing), and the
 probed share with its interval over seeds and the compute it spent (samples processed by the probe over the
-original run's). The planted run is trained by a loop that mirrors zoo.train but keeps the model, optimizer and
-loader at the end, as a user's script has them; the probe runs with its defaults.
+original run's, and in epochs of it). The planted run is trained by a loop that mirrors zoo.train but keeps the
+model, optimizer and loader at the end, as a user's script has them; the probe runs with its defaults.
 
     python benchmarks/bench_probe.py [--only NAME ...] [--zoo ../shared/zoo]
 
@@ -92,7 +92,7 @@ def main() -> int:
 
     rows = []
     print(f"{'scenario':22s} {'truth':>5s} {'passive':>7s} {'probed':>6s} {'interval':>13s} {'compute':>7s} "
-          f"{'s':>5s}  arms (reduction)")
+          f"{'epochs':>6s} {'s':>5s}  arms (loss removed vs control)")
     for s in cf.PUBLIC:
         if a.only and s.name not in a.only:
             continue
@@ -110,8 +110,9 @@ def main() -> int:
         spent = p.summary["cost"]["fraction_done"]
         arms = ", ".join(f"{r.arm} {r.reduction:+.3f}" for r in p.arms.itertuples())
         rows.append((t, audit.data_share, final.data_share))
-        print(f"{s.name:22s} {t:5.2f} {audit.data_share:7.2f} {final.data_share:5.2f}{mark:1s} "
-              f"[{p.interval[0]:.2f}, {p.interval[1]:.2f}] {spent:7.2f} {seconds:5.1f}  {arms}", flush=True)
+        interval = f"[{p.interval[0]:.2f}, {p.interval[1]:.2f}]" if not mark else "inconclusive"
+        print(f"{s.name:22s} {t:5.2f} {audit.data_share:7.2f} {final.data_share:5.2f}{mark:1s} {interval:>13s} "
+              f"{spent:7.2f} {spent * s.epochs:6.1f} {seconds:5.1f}  {arms}", flush=True)
     if not rows:
         return 0
     probed = [abs(p - t) for t, _, p in rows]
