@@ -197,7 +197,7 @@ def _cost(run, loader: DataLoader, *, n_arms: int, seeds: int, epochs: int | Non
     return {"epochs": k, "subset": round(steps / batches, 4), "steps_per_epoch": steps, "batch_size": per_batch,
             "samples": int(samples), "original_samples": original, "budget": budget,
             "fraction": round(samples / original, 4) if original else None,
-            "estimated_seconds": round(samples * per_sample, 1) if per_sample else None}
+            "estimated_seconds": round(samples * per_sample, 3) if per_sample else None}
 
 
 def _seconds_per_sample(run) -> float | None:
@@ -215,7 +215,7 @@ def _seconds_per_sample(run) -> float | None:
 
 def _estimate_line(plan: dict, n_arms: int, seeds: int) -> str:
     t = plan["estimated_seconds"]
-    when = f", about {t:.2g} s at the original run's pace" if t is not None else ""
+    when = "" if t is None else (f", about {t:,.0f} s" if t >= 1 else ", under a second") + " at the run's pace"
     share_ = f" = {plan['fraction']:.0%} of the original run's {plan['original_samples']:,}" if plan["fraction"] else ""
     return (f"dataaudit.probe: {n_arms} arms x {seeds} seeds x {plan['epochs']} epochs of {plan['steps_per_epoch']} "
             f"batches ({plan['subset']:.0%} of an epoch): {plan['samples']:,} samples{share_}{when}")
