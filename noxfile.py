@@ -41,6 +41,7 @@ def bench(session: nox.Session) -> None:
     session.run("python", "benchmarks/bench_overhead.py")
     session.run("python", "benchmarks/bench_scale.py")
     session.run("python", "benchmarks/bench_labels.py", *session.posargs)
+    session.run("python", "benchmarks/bench_probe.py")  # probed data share vs the counterfactual truth
 
 
 @nox.session(python="3.11")

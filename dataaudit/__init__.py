@@ -24,12 +24,14 @@ _EXPORTS = {
     "Split": "dataaudit.run",
     "load_run": "dataaudit.run",
     "RunFormatError": "dataaudit.store",
+    "probe": "dataaudit.probes",
 }
 
-__all__ = ["Audit", "Run", "RunFormatError", "Split", "Tracker", "__version__", "analyze", "load_run"]
+__all__ = ["Audit", "Run", "RunFormatError", "Split", "Tracker", "__version__", "analyze", "load_run", "probe"]
 
 if TYPE_CHECKING:
     from dataaudit.audit import Audit, analyze
+    from dataaudit.probes import probe
     from dataaudit.run import Run, Split, load_run
     from dataaudit.store import RunFormatError
     from dataaudit.track import Tracker

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from dataaudit import store
+from dataaudit import probes, store
 from dataaudit.attribution import attribute
 from dataaudit.checks import REGISTRY, CheckResult, Finding, get_check
 from dataaudit.reconcile import reconcile
@@ -41,6 +41,7 @@ class Audit:
     label_issues: tuple[int, ...] = ()
     attribution: dict[str, Any] = field(default_factory=dict)
     run_summary: dict[str, Any] = field(default_factory=dict)
+    probes: dict[str, Any] | None = None
     run: Run | None = field(default=None, repr=False, compare=False)
     thumbnails: dict[int, str] = field(default_factory=dict, repr=False, compare=False)
 
@@ -102,6 +103,7 @@ class Audit:
             "findings": [f.to_dict() for f in self.findings],
             "checks": self.checks,
             "run": self.run_summary,
+            **({"probes": self.probes} if self.probes else {}),
         }
 
     def write_json(self, path: str | Path) -> Path:
@@ -150,6 +152,8 @@ def analyze(run: str | Path | Run, *, checks: Iterable[str] | None = None, progr
         flagging = [r for name in ("labels", "targets")
                     if (r := results.get(name)) is not None and r.status != "skipped"]
         attribution = attribute(run, results)
+        probed = probes.latest(run.path)  # a probe of the run measured the share: the verdict rests on it
+        attribution = probes.apply(attribution, probed)
         plateau = results.get("plateau")
     except BaseException:
         bar.clear()  # an error message starts on a clean line, and the line stops ticking
@@ -167,6 +171,7 @@ def analyze(run: str | Path | Run, *, checks: Iterable[str] | None = None, progr
         label_issues=tuple(flagging[0].details.get("label_issues", [])) if flagging else (),
         attribution={**attribution.details, "verdict": attribution.verdict, "data_share": attribution.data_share},
         run_summary=_summary(run),
+        probes=probes.section(probed),
         run=run,
         thumbnails=thumbnails,
     )
