@@ -30,7 +30,11 @@ records (method, also in the README and the report):
 3. Whether the optimisation side holds anything: an optimizer signal fires, or R and
    the loss of the unflagged samples the model still mispredicts both exceed eps (a
    clean remainder the model does not fit; label noise lowers confidence on clean
-   samples, it does not make the model mispredict them). Then L_ff = 0 and the levels
+   samples, it does not make the model mispredict them). Samples without a class label
+   (regression, mixed soft targets) are never "mispredicted": there only a signal
+   implicates the optimisation side, and a clean regression resting at its noise floor
+   has nothing removable. Corrupted regression targets remove what the flagged samples
+   add, without the -ln(1 - f) floor of wrong class labels. Then L_ff = 0 and the levels
    are taken as additive (what fixing the data removes from this run it would remove
    under a healthy optimiser too: L_bf - L_ff = L_bb - L_fb), so phi_data = L_bb - L_fb
    and the share is (L_bb - L_fb) / L. The run cannot show how a healthy optimiser
@@ -177,7 +181,9 @@ def _samples(run: Run, results: dict[str, CheckResult], window: list[int], first
     keep = np.isin(rec_epoch, window) & finite
     ids = records["sample_id"].to_numpy()[keep]
     label = records["label"].to_numpy()[keep]
-    wrong = (records["pred"].to_numpy()[keep] != label) | (label < 0)
+    # a sample without a class label (regression, a mixed soft target, targets not recorded) is not judged
+    # mispredicted: only a model that gets known labels wrong shows a misfit of its own
+    wrong = (records["pred"].to_numpy()[keep] != label) & (label >= 0)
     x = loss[keep].astype(np.float64)
     sample_ids, index = np.unique(ids, return_inverse=True)
     count = np.bincount(index, minlength=len(sample_ids))
@@ -200,7 +206,9 @@ def _estimate(s: _Samples, *, eps: float, drift: float, minority: list[int], use
     label_fixed = 0.0
     if flagged.any():
         flagged_loss = float(s.loss[flagged].mean())
-        clean_cost = -np.log(max(1.0 - f, 1e-6))
+        # wrong class labels keep an ideal model unsure of the clean rest; corrupted regression targets have
+        # no such floor on the clean samples (s.label < 0 everywhere: no class labels)
+        clean_cost = -np.log(max(1.0 - f, 1e-6)) if (s.label >= 0).any() else 0.0
         label_fixed = f * max(flagged_loss - rest_loss, 0.0) + (1 - f) * min(rest_loss, clean_cost)
     imbalance = _minority_excess(s.loss[~flagged], s.label[~flagged], minority) * (1 - f)
     data_fixed = min(level, label_fixed + imbalance + drift)   # L_bb - L_fb

@@ -29,6 +29,7 @@ falling.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any
 
@@ -74,8 +75,25 @@ def check(run: Run) -> CheckResult:
         val_epochs=None if val_table is None else val_table["epoch"].to_numpy(),
         val_loss=None if val_table is None else val_table["loss"].to_numpy(),
         val_nonfinite_share=None if val_table is None else val_table["nonfinite"].to_numpy())
+    if run.task == "regression":
+        result = _regression_floor(result)
     # validation claims held to the noise of the validation set (see val_noise)
     return result if val_table is None else val_noise.gate_plateau(result, val)
+
+
+def _regression_floor(result: CheckResult) -> CheckResult:
+    """A regression has no accuracy to tell a loss resting at the targets' noise floor from a stuck one: its
+    plateau is a note (info), and the attribution says whether anything found holds the loss up."""
+    if result.details.get("state") != "plateau":
+        return result
+    findings = [dataclasses.replace(
+        f, severity="info",
+        summary=f.summary + " A regression's loss flattens at the noise of its targets: without an accuracy "
+                            "this cannot be told from a stall, so the verdict rests on the other checks.")
+        if f.severity == "warning" and "onset_epoch" in f.evidence else f   # the training curve's plateau
+        for f in result.findings]
+    return CheckResult.from_findings(NAME, findings, score=result.score, details=result.details,
+                                     per_sample=result.per_sample)
 
 
 def _skipped(reason: str) -> CheckResult:

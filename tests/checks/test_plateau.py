@@ -244,3 +244,18 @@ def test_no_epochs_skip_and_one_epoch_is_too_short(run_dir):
     assert empty.details["detected"] is False and empty.details["onset_epoch"] is None
     scan = plateau.check(Run.from_arrays(np.array([0, 1, 1]), np.array([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4]])))
     assert scan.details["state"] == "too_short" and scan.status == "info"
+
+
+def test_a_regression_plateau_is_a_note_the_attribution_judges(tmp_path):
+    """A clean regression flattens at its targets' noise: no accuracy tells that from a stall, so the
+    plateau is info and the verdict (none here) comes from the other checks."""
+    import dataaudit
+    from fixtures.tasks import regression_data, train_regression
+
+    X, y, _ = regression_data(500, seed=4)
+    train_regression(tmp_path / "run", X, y, epochs=12, loss="huber", target_shape="column")
+    audit = dataaudit.analyze(tmp_path / "run")
+    plateau = audit.results["plateau"]
+    assert plateau.details["state"] == "plateau" and plateau.status == "info"
+    assert "noise of its targets" in plateau.findings[0].summary
+    assert audit.verdict == "none"
