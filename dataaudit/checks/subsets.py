@@ -41,6 +41,9 @@ HARD_RATIO = 2.0
 # Subsets smaller than this are too noisy to call flat (the standard error of a mean of 30 losses
 # is about a fifth of their spread).
 MIN_SIZE = 30
+# A subset resting below this share of the first epoch's mean loss holds nothing worth learning (the
+# attribution's own threshold for "removable"): a run that converged everywhere has no hard subset.
+NEGLIGIBLE = 0.05
 BINS = 5
 # At most this many class curves and epochs go into details (flagged classes first).
 MAX_CLASSES = 20
@@ -91,15 +94,15 @@ def _difficulty_bins(epoch_pos: np.ndarray, ids: np.ndarray, loss: np.ndarray, n
     return per_sample[inverse], edges
 
 
-def _judge(curve: np.ndarray, rest: np.ndarray, mean: np.ndarray, begin: int) -> dict[str, Any]:
+def _judge(curve: np.ndarray, rest: np.ndarray, mean: np.ndarray, begin: int, floor: float) -> dict[str, Any]:
     """Whether one subset's smoothed curve (e,) is flat over [begin, e) while the mean's (e,) fell, and hard:
-    at HARD_RATIO times the rest of the samples' curve (e,) or more at the end."""
+    at HARD_RATIO times the rest of the samples' curve (e,) or more at the end, and at `floor` or above."""
     if not np.isfinite(curve).all() or curve[begin] <= 0:
         return {"flat": False}
     fall = float((curve[begin] - curve[-1]) / curve[begin])
     mean_fall = float((mean[begin] - mean[-1]) / mean[begin])
     vs_rest = float(curve[-1] / rest[-1]) if rest[-1] > 0 else math.inf
-    flat = fall < FLAT_FALL and fall < FLAT_VS_MEAN * mean_fall and vs_rest >= HARD_RATIO
+    flat = fall < FLAT_FALL and fall < FLAT_VS_MEAN * mean_fall and vs_rest >= HARD_RATIO and curve[-1] >= floor
     return {"flat": bool(flat), "fall": fall, "level": float(curve[-1]), "vs_rest": vs_rest,
             "vs_mean": float(curve[-1] / mean[-1]) if mean[-1] > 0 else math.inf}
 
@@ -140,7 +143,8 @@ def _compute_subsets(epochs: np.ndarray, ids: np.ndarray, loss: np.ndarray, labe
             rest = ((total_loss[:, None] - np.nan_to_num(curves) * counts) / (total_count[:, None] - counts))
         verdicts = []
         for g in range(n_groups):
-            v = (_judge(smooth[:, g], median3(rest[:, g]), mean, begin) if judged and sizes[g] >= MIN_SIZE
+            v = (_judge(smooth[:, g], median3(rest[:, g]), mean, begin, NEGLIGIBLE * mean_raw[0])
+                 if judged and sizes[g] >= MIN_SIZE
                  else {"flat": False})
             v.update(kind=kind, group=g, size=int(sizes[g]))
             verdicts.append(v)

@@ -85,3 +85,13 @@ def test_a_large_flat_class_that_pulls_the_mean_up_to_itself_is_still_flagged(rn
     assert [(f["kind"], f["group"]) for f in result.details["flat"]][:1] == [("class", 2)]
     level = result.details["flat"][0]["level"]
     assert result.findings[0].evidence["vs_rest"] >= 2 > level / result.details["mean_loss"][-1]
+
+
+def test_a_flat_class_at_a_negligible_loss_is_not_flagged(rng):
+    """Every class fit: the last one rests at 4x the others, but at a thousandth of the first epoch's loss
+    (a converged run drawn by a rebalancing sampler): nothing there is worth learning."""
+    e = np.arange(30)
+    falling = 0.3 * np.exp(-e / 3) + 1e-4 * np.exp(-e / 20)
+    flat = np.r_[0.3 * np.exp(-np.arange(20) / 3) + 0.0012, np.full(10, 0.0012)]
+    result = _compute_subsets(*_table({0: falling, 1: falling, 2: flat}, {0: 300, 1: 300, 2: 300}, rng))
+    assert not result.details["flat"] and result.status in ("ok", "info")
