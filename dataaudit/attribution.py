@@ -147,6 +147,9 @@ def attribute(run: Run, results: dict[str, CheckResult], *, seed: int = 0) -> At
         details.update(optimizer_implicated=False, interval=[0.0, 0.0],
                        reason="converged" if state == "converged" else "less than 5% of the first epoch's loss "
                                                                        "is removable")
+        details["formula"] = [f"L = {level:.4g}, eps = 5% of the first epoch's loss = {eps:.4g}",
+                              "converged (plateau check): nothing removable" if state == "converged" else
+                              "L < eps: nothing removable", "data share = 0"]
         return Attribution("none", 0.0, (0.0, 0.0), details)
     implicated = bool(parts["optimizer_implicated"])
     share = parts["share"]
@@ -163,7 +166,30 @@ def attribute(run: Run, results: dict[str, CheckResult], *, seed: int = 0) -> At
     else:
         verdict = "mixed"
     details.update(optimizer_implicated=implicated, interval=[_r(lo), _r(hi)])
+    details["formula"] = _formula(parts, eps=eps, slows=slows, signals=signals, share=share)
     return Attribution(verdict, round(float(share), 4), (float(lo), float(hi)), details)
+
+
+def _formula(parts: dict[str, float], *, eps: float, slows: bool, signals: list[str], share: float) -> list[str]:
+    """The estimate as formula lines with the run's numbers plugged in (the report shows them)."""
+    L, D, R = parts["level"], parts["data_removable"], parts["residual"]
+    lines = [f"L = {L:.4g} (mean training loss over the last third), eps = 5% of the first epoch's loss = {eps:.4g}",
+             f"D = labels {parts['label_loss']:.4g} + minority excess {parts['minority_excess']:.4g} + drift rise "
+             f"{parts['drift_rise']:.4g} = {D:.4g}   (what fixing the data removes)",
+             f"R = L - D = {L:.4g} - {D:.4g} = {R:.4g}   (the clean remainder's misfit)"]
+    why = (f"signals {', '.join(signals)}" if signals else
+           f"mispredicted loss {parts['mispredicted_loss']:.4g} {'>' if parts['optimizer_implicated'] else '<='} "
+           f"eps {eps:.4g}" + (" (not judged: a slowing data fault was found)" if slows else ""))
+    if parts["optimizer_implicated"]:
+        lines.append(f"optimisation side implicated ({why})")
+        num = f"D + R/2 = {D:.4g} + {R / 2:.4g}" if slows else f"D = {D:.4g}"
+        lines.append(f"data share = ({num}) / L = {share:.2f}")
+    else:
+        lines.append(f"optimisation side not implicated ({why})")
+        removable = D + (R if slows else 0.0)
+        lines.append(f"data share = {'1' if share else '0'}: the data's removable {removable:.4g} "
+                     f"{'>=' if share else '<'} eps {eps:.4g}")
+    return lines
 
 
 def _r(x: float) -> float:

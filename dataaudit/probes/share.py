@@ -145,9 +145,25 @@ def apply(attribution, probe: dict[str, Any] | None):
                   "'passive'" + ("" if probe.get("complete", True) else " (the probe was cut short)"),
         "rests_on": "probe",
         "interval": measured["interval"],
+        "formula": _formula(measured, attribution.data_share),
     }
     return dataclasses.replace(attribution, verdict=new_verdict, data_share=float(measured["share"]),
                                interval=tuple(measured["interval"]), details=details)
+
+
+def _formula(measured: dict[str, Any], passive: float) -> list[str]:
+    """The measured share as formula lines with the probe's numbers plugged in."""
+    lines = []
+    if "reduction_data" in measured:
+        lines.append(f"removed against control: r_d = {measured['reduction_data']:.4g} (best data arm), r_o = "
+                     f"{measured['reduction_optimizer']:.4g} (best optimizer arm), r_b = {measured['removable']:.4g} "
+                     "(both)")
+    if "phi_data" in measured:
+        lines.append(f"phi_data = (r_d + (r_b - r_o)) / 2 = {measured['phi_data']:.4g}")
+    low, high = measured["interval"]
+    lines.append(f"data share = phi_data / r_b = {measured['share']:.2f} (over seeds {low:.2f} to {high:.2f}); "
+                 f"the passive estimate was {passive:.2f}")
+    return lines
 
 
 def section(probe: dict[str, Any] | None) -> dict[str, Any] | None:

@@ -74,7 +74,7 @@ def test_trained_run_reads_top_down(trained_audit, tmp_path):
     positions = [html.index(s) for s in sections]
     assert positions == sorted(positions)
     assert trained_audit.attribution["method"] in html
-    assert "label share = min(1, " in html  # the method as a formula, numbers plugged in
+    assert "D = labels " in html and "R = L - D = " in html  # the method as a formula, numbers plugged in
     # loss curve, classes, coverage, drift, optimizer
     assert html.count("<svg") == 5
     assert "clean (unflagged)" in html and "val" in html
