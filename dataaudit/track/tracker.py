@@ -18,7 +18,6 @@ from __future__ import annotations
 import atexit
 import json
 import os
-import time
 import uuid
 import warnings
 import weakref
@@ -42,6 +41,7 @@ from dataaudit.track.inputs import (
     token_summary,
 )
 from dataaudit.track.loader import Draws, TrackedLoader, base_loader, check_loader, hook, hooked_draws
+from dataaudit.track.manifest import check_run_dir, default_rank, iso, now, open_manifest
 from dataaudit.track.optim import OptimizerWatch, write_steps
 from dataaudit.track.probes import Probes, check_options, param_info
 from dataaudit.track.sampler_info import sampler_facts
@@ -93,7 +93,7 @@ class Tracker:
         self.path = Path(run_dir)
         if self.path.exists() and not self.path.is_dir():
             raise ValueError(f"Tracker needs a directory for the run; {self.path} is a file")
-        _check_run_dir(self.path)
+        check_run_dir(self.path)
         self._rank = None if rank is None else int(rank)
         self.flush_rows = flush_rows
         self.max_prob_classes = max_prob_classes
@@ -127,12 +127,12 @@ class Tracker:
         """The run's manifest for this rank, opened (created or resumed) on first use."""
         if self._manifest_data is None:
             if self._rank is None:
-                self._rank = _default_rank()
+                self._rank = default_rank()
             # One writer per rank: a second Tracker on this run and rank is refused (see track/lock.py).
             self._lock = lock.acquire(self.path, self._rank, session=self._session)
             weakref.finalize(self, lock.release, self._lock).atexit = False  # dropped without close()
             try:
-                self._manifest_data = self._open_manifest(**self._settings)
+                self._manifest_data = open_manifest(self.path, self._rank, self._session, **self._settings)
             except BaseException:
                 lock.release(self._lock)
                 raise
@@ -298,7 +298,7 @@ class Tracker:
             for epoch in list(self._open.values()):
                 self._end(epoch, exhausted=False)
             self._write_steps()
-            self._manifest["sessions"][-1]["closed"] = _now()
+            self._manifest["sessions"][-1]["closed"] = now()
             self._commit()
             self._writer.close()
         finally:
@@ -558,7 +558,7 @@ class Tracker:
         entry = {
             "split": epoch.split, "epoch": epoch.epoch, "rank": self.rank, "complete": complete,
             "batches": epoch.batches, "samples": epoch.yielded, "recorded": epoch.recorded,
-            "started": _iso(epoch.started), "ended": _now(), "session": self._session,
+            "started": iso(epoch.started), "ended": now(), "session": self._session,
         }
 
         def add_entry() -> None:  # on the writer thread, once the epoch's files are written
@@ -592,45 +592,11 @@ class Tracker:
         path = self.path / store.manifest_name(self._rank)
 
         def write() -> None:
-            self._manifest["updated"] = _now()
+            self._manifest["updated"] = now()
             store.write_text_atomic(path, json.dumps(self._manifest))
 
         self._writer.submit(write)
         self._writer.flush()
-
-    def _open_manifest(self, *, seed: int, sketch_dim: int, reservoir: int, sketch_rows: int) -> dict:
-        manifest_path = self.path / store.manifest_name(self._rank)
-        session = {"id": self._session, "opened": _now(), "closed": None, "pid": os.getpid()}
-        if manifest_path.exists():
-            manifest = store.read_manifest(self.path, self._rank)
-            # a run begun by an older dataaudit may lack settings added since
-            for key, value in {"dim": sketch_dim, "reservoir": reservoir, "rows": sketch_rows, "seed": seed}.items():
-                manifest.setdefault("sketch", {}).setdefault(key, value)
-            moved = store.move_uncommitted(self.path, set(manifest["files"]), rank=self._rank)
-            session["resumed"] = True
-            session["moved_to_partial"] = len(moved)
-            manifest.setdefault("sessions", []).append(session)
-            return manifest
-        if self.path.is_dir() and any(not store.is_run_entry(p.name) for p in self.path.iterdir()):
-            raise ValueError(f"Tracker needs an empty or new directory, or an existing dataaudit run; "
-                             f"{self.path} holds other files and no {store.MANIFEST}")
-        self.path.mkdir(parents=True, exist_ok=True)
-        return {
-            "format": store.FORMAT,
-            "version": store.FORMAT_VERSION,
-            "created": _now(),
-            "updated": _now(),
-            "dataaudit_version": _version(),
-            "torch_version": torch.__version__,
-            "rank": self._rank,
-            "world_size": _world_size(),
-            "num_classes": None,
-            "sketch": {"dim": sketch_dim, "reservoir": reservoir, "rows": sketch_rows, "seed": seed},
-            "splits": {},
-            "epochs": [],
-            "files": [],
-            "sessions": [session],
-        }
 
     def _check_open(self) -> None:
         if self._closed:
@@ -665,36 +631,3 @@ def _close_at_exit(ref: weakref.ref) -> None:
             tracker.close()
         except Exception:  # the interpreter is going away; the committed epochs are safe
             pass
-
-
-def _check_run_dir(path: Path) -> None:
-    """A run directory is new, empty, or already a run (of any rank)."""
-    if path.is_dir() and not any(path.glob("manifest*.json")) and any(
-            not store.is_run_entry(p.name) for p in path.iterdir()):
-        raise ValueError(f"Tracker needs an empty or new directory, or an existing dataaudit run; "
-                         f"{path} holds other files and no {store.MANIFEST}")
-
-
-def _default_rank() -> int:
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank()
-    return int(os.environ.get("RANK", 0))
-
-
-def _world_size() -> int:
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_world_size()
-    return int(os.environ.get("WORLD_SIZE", 1))
-
-
-def _version() -> str:
-    from dataaudit import __version__
-    return __version__
-
-
-def _now() -> str:
-    return _iso(time.time())
-
-
-def _iso(t: float) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + f".{int(t % 1 * 1000):03d}Z"
