@@ -113,8 +113,12 @@ def _finish(audit, out: Path, fail_on: str) -> None:
     worst = max((_SEVERITY[f.severity] for f in audit.findings), default=-1)
     typer.echo(f"verdict: {audit.verdict} (data share {audit.data_share:.0%}); "
                f"{len(audit.findings)} findings; report in {out / 'audit.html'}")
-    for f in audit.findings[:10]:
+    # what to act on first; notes (info, skipped checks) stay in the report
+    shown = [f for f in audit.findings if f.severity != "info"][:10] or audit.findings[:3]
+    for f in shown:
         typer.echo(f"  [{f.severity}] {f.check}: {f.summary}")
+    if len(audit.findings) > len(shown):
+        typer.echo(f"  ... and {len(audit.findings) - len(shown)} more findings in the report")
     if worst >= _SEVERITY[fail_on]:
         raise typer.Exit(1)
 

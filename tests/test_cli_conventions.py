@@ -59,6 +59,14 @@ def test_fail_on_never_exits_0_and_a_bad_choice_exits_2(tmp_path, rng):
     assert bad.exit_code == 2 and "never" in bad.output
 
 
+def test_the_summary_lists_what_to_act_on_and_leaves_notes_to_the_report(tmp_path, rng):
+    data, pp = _noisy(tmp_path, rng)
+    result = runner.invoke(app, ["scan", str(data), "--pred-probs", str(pp), "--out", str(tmp_path / "out")])
+    listed = [line for line in result.output.splitlines() if line.startswith("  [")]
+    assert listed and all(not line.startswith("  [info]") for line in listed), result.output
+    assert any(line.startswith("  [critical] labels") for line in listed)
+
+
 def test_demo_exits_0_with_its_planted_noise_and_fails_on_request(tmp_path, monkeypatch, rng):
     import dataaudit
     from dataaudit.run import Run
