@@ -60,11 +60,19 @@ def test_fail_on_never_exits_0_and_a_bad_choice_exits_2(tmp_path, rng):
 
 
 def test_the_summary_lists_what_to_act_on_and_leaves_notes_to_the_report(tmp_path, rng):
-    data, pp = _noisy(tmp_path, rng)
-    result = runner.invoke(app, ["scan", str(data), "--pred-probs", str(pp), "--out", str(tmp_path / "out")])
+    """A tracked run gets a dozen notes (checks skipped or with nothing to say): the terminal lists the
+    warnings and criticals, and counts the rest."""
+    from fixtures.training import blobs, train_loop
+
+    X, y = blobs(n=600, k=4)
+    flipped = rng.choice(len(y), 120, replace=False)
+    y[flipped] = (y[flipped] + 1) % 4
+    train_loop(tmp_path / "run", X, y, epochs=12, optimizer="adam", lr=3e-3)
+    result = runner.invoke(app, ["report", str(tmp_path / "run"), "--out", str(tmp_path / "out")])
     listed = [line for line in result.output.splitlines() if line.startswith("  [")]
-    assert listed and all(not line.startswith("  [info]") for line in listed), result.output
-    assert any(line.startswith("  [critical] labels") for line in listed)
+    assert any(line.startswith("  [critical] labels") for line in listed), result.output
+    assert not any(line.startswith("  [info]") for line in listed), result.output
+    assert "more findings in the report" in result.output
 
 
 def test_demo_exits_0_with_its_planted_noise_and_fails_on_request(tmp_path, monkeypatch, rng):
