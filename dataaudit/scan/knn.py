@@ -4,9 +4,9 @@ cluster pruning.
 The rows are split into about n / CLUSTER_SIZE k-means clusters. Each block of queries first meets its own
 cluster, which gives every query an upper bound r on its k-th neighbour distance; a cluster B is then read
 only for the queries whose lower bound |x - centre_B| - radius_B (triangle inequality) is under their r.
-The bounds are exact, so the result is that of brute force (up to ties between equal distances); on data
-with structure (classes, modes) most clusters are skipped, and on structureless data it costs one brute-force
-pass in blocks.
+The bounds are exact, so the result is that of brute force (up to ties between equal distances). On data
+with structure (classes, modes) most clusters are skipped; where a sample of queries shows that little would be
+(one blob in many dimensions), sklearn's brute-force search runs instead.
 """
 from __future__ import annotations
 
@@ -14,6 +14,9 @@ import numpy as np
 
 CLUSTER_SIZE = 1024  # rows per k-means cluster, about
 QUERY_BLOCK = 256  # queries per block: fewer prune better, more cost more numpy calls
+# After BRUTE_AFTER query blocks, if each query read more than BRUTE_ABOVE of the rows, the pruning does not pay
+# for its small blocks: the remaining queries go to sklearn's brute force.
+BRUTE_AFTER, BRUTE_ABOVE = 8, 0.4
 KMEANS_ROUNDS = 5
 
 
@@ -45,38 +48,20 @@ def _compute_nearest_neighbors(X: np.ndarray, k: int, *, seed: int) -> tuple[np.
     perm = np.lexsort((-spread, labels))
     Xp, spread, sq = X[perm], spread[perm], np.einsum("ij,ij->i", X[perm], X[perm])
     bounds = np.searchsorted(labels[perm], np.arange(len(centres) + 1))
-    best_d2, best_i = np.empty((n, k)), np.empty((n, k), dtype=np.int64)
-    for a in range(len(centres)):
-        for start in range(bounds[a], bounds[a + 1], QUERY_BLOCK):
-            q = np.arange(start, min(start + QUERY_BLOCK, bounds[a + 1]))
-            to_centre = np.sqrt(_sq_dist(Xp[q], centres))  # (queries, clusters)
-            # Start from the own cluster (and the next nearest while under k + 1 rows): every query gets an
-            # upper bound on its k-th distance, its reach.
-            near_first = np.argsort(to_centre.mean(axis=0), kind="stable")
-            sizes = np.diff(bounds)[near_first]
-            start_with = near_first[:int(np.searchsorted(np.cumsum(sizes), k + 1)) + 1]
-            cols = np.concatenate([np.arange(bounds[b], bounds[b + 1]) for b in start_with])
-            block = _block(Xp, sq, q, cols)
-            keep = np.argpartition(block, k - 1, axis=1)[:, :k]
-            d2, ids = np.take_along_axis(block, keep, axis=1), cols[keep]
-            # Then the other clusters, by the least distance any query could have to them: once that is beyond
-            # every query's reach, so is everything after it.
-            rest = np.setdiff1d(near_first, start_with)
-            least = to_centre[:, rest].min(axis=0) - spread[bounds[rest]]  # a cluster's farthest row is its first
-            for b, bound in zip(rest[np.argsort(least)], np.sort(least), strict=True):
-                reach = np.sqrt(d2.max(axis=1)) * (1 + 1e-9) + 1e-9
-                if bound > reach.max():
-                    break
-                lo, hi = bounds[b], bounds[b + 1]
-                # Row j of cluster b is within reach of query i only if |x_i - c_b| - |x_j - c_b| < reach_i
-                # (triangle inequality); the slack keeps float rounding from pruning a row just inside.
-                floor = to_centre[:, b] - reach
-                rows = np.flatnonzero(floor < spread[lo])
-                if len(rows):
-                    take = int(np.searchsorted(-spread[lo:hi], -floor[rows].min(), side="right"))
-                    cols = np.arange(lo, lo + take)
-                    _merge(d2, ids, rows, _block(Xp, sq, q[rows], cols), cols)
-            best_d2[q], best_i[q] = d2, ids
+    best_i = np.empty((n, k), dtype=np.int64)
+    blocks = [(a, start) for a in range(len(centres)) for start in range(bounds[a], bounds[a + 1], QUERY_BLOCK)]
+    # In random order, so that the first blocks tell how much the pruning saves on this data
+    order = np.random.default_rng(seed).permutation(len(blocks))
+    read = queried = 0  # distances computed, queries answered
+    for turn, (a, start) in enumerate(blocks[j] for j in order):
+        if turn >= BRUTE_AFTER and read > BRUTE_ABOVE * queried * n:
+            rest = np.concatenate([np.arange(s, min(s + QUERY_BLOCK, bounds[c + 1]))
+                                   for c, s in (blocks[j] for j in order[turn:])])
+            best_i[rest] = _brute_force(Xp, rest, k)
+            break
+        q = np.arange(start, min(start + QUERY_BLOCK, bounds[a + 1]))
+        _, best_i[q], cost = _answer(Xp, sq, centres, spread, bounds, q, k)
+        read, queried = read + cost, queried + len(q)
     # Exact distances, row minus row (the matrix-product form loses the digits of tiny distances), nearest first
     dist = _exact_distances(Xp, best_i)
     first = np.argsort(dist, axis=1, kind="stable")
@@ -84,6 +69,53 @@ def _compute_nearest_neighbors(X: np.ndarray, k: int, *, seed: int) -> tuple[np.
     out_d, out_i = np.empty_like(dist), np.empty_like(idx)
     out_d[perm], out_i[perm] = dist, idx
     return out_d, out_i
+
+
+def _answer(Xp: np.ndarray, sq: np.ndarray, centres: np.ndarray, spread: np.ndarray, bounds: np.ndarray,
+            q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, int]:
+    """(squared distances, indices) of the k nearest other rows of the queries Xp[q], each (len(q), k) in no
+    order, and how many distances that took."""
+    to_centre = np.sqrt(_sq_dist(Xp[q], centres))  # (queries, clusters)
+    # Start from the own cluster (and the next nearest while under k + 1 rows): every query gets an
+    # upper bound on its k-th distance, its reach.
+    near_first = np.argsort(to_centre.mean(axis=0), kind="stable")
+    sizes = np.diff(bounds)[near_first]
+    start_with = near_first[:int(np.searchsorted(np.cumsum(sizes), k + 1)) + 1]
+    cols = np.concatenate([np.arange(bounds[b], bounds[b + 1]) for b in start_with])
+    block = _block(Xp, sq, q, cols)
+    read = block.size
+    keep = np.argpartition(block, k - 1, axis=1)[:, :k]
+    d2, ids = np.take_along_axis(block, keep, axis=1), cols[keep]
+    # Then the other clusters, by the least distance any query could have to them: once that is beyond
+    # every query's reach, so is everything after it.
+    rest = np.setdiff1d(near_first, start_with)
+    least = to_centre[:, rest].min(axis=0) - spread[bounds[rest]]  # a cluster's farthest row is its first
+    for b, bound in zip(rest[np.argsort(least)], np.sort(least), strict=True):
+        reach = np.sqrt(d2.max(axis=1)) * (1 + 1e-9) + 1e-9
+        if bound > reach.max():
+            break
+        lo, hi = bounds[b], bounds[b + 1]
+        # Row j of cluster b is within reach of query i only if |x_i - c_b| - |x_j - c_b| < reach_i
+        # (triangle inequality); the slack keeps float rounding from pruning a row just inside.
+        floor = to_centre[:, b] - reach
+        rows = np.flatnonzero(floor < spread[lo])
+        if len(rows):
+            take = int(np.searchsorted(-spread[lo:hi], -floor[rows].min(), side="right"))
+            cols = np.arange(lo, lo + take)
+            read += len(rows) * take
+            _merge(d2, ids, rows, _block(Xp, sq, q[rows], cols), cols)
+    return d2, ids, read
+
+
+def _brute_force(Xp: np.ndarray, rows: np.ndarray, k: int) -> np.ndarray:
+    """The k nearest other rows of Xp[rows], (len(rows), k) indices into Xp, by sklearn's brute-force search:
+    its compiled pass beats our small blocks where the bounds skip little (one blob in many dimensions)."""
+    from sklearn.neighbors import NearestNeighbors
+
+    idx = NearestNeighbors(n_neighbors=k + 1, algorithm="brute").fit(Xp).kneighbors(Xp[rows])[1]
+    own = idx == rows[:, None]
+    own[~own.any(axis=1), -1] = True  # a row that rounding left out of its own list: drop the farthest instead
+    return idx[~own].reshape(len(rows), k)
 
 
 def _block(Xp: np.ndarray, sq: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:

@@ -53,3 +53,16 @@ def test_k_up_to_n_minus_one_and_bad_input(rng):
         nearest_neighbors(X, 12)
     with pytest.raises(ValueError, match=r"shape \(n, d\); got shape \(12,\)"):
         nearest_neighbors(X[:, 0], 2)
+
+
+@pytest.mark.parametrize("after", [0, 3])  # every query, or those after the first 3 blocks
+def test_the_brute_force_fallback_gives_the_same_neighbours(rng, monkeypatch, after):
+    monkeypatch.setattr(knn, "CLUSTER_SIZE", 64)
+    monkeypatch.setattr(knn, "QUERY_BLOCK", 32)
+    monkeypatch.setattr(knn, "BRUTE_AFTER", after)
+    monkeypatch.setattr(knn, "BRUTE_ABOVE", -1.0)  # the pruning never pays: switch as soon as allowed
+    X = _clustered(rng, 800, 12)
+    dist, idx = nearest_neighbors(X, 5)
+    ref_dist, ref_idx = _brute(X, 5)
+    np.testing.assert_allclose(dist, ref_dist, rtol=1e-9, atol=1e-9)
+    assert (idx == ref_idx).mean() > 0.999
