@@ -5,8 +5,8 @@ The rows are split into about n / CLUSTER_SIZE k-means clusters. Each block of q
 cluster, which gives every query an upper bound r on its k-th neighbour distance; a cluster B is then read
 only for the queries whose lower bound |x - centre_B| - radius_B (triangle inequality) is under their r.
 The bounds are exact, so the result is that of brute force (up to ties between equal distances). On data
-with structure (classes, modes) most clusters are skipped; where a sample of queries shows that little would be
-(one blob in many dimensions), sklearn's brute-force search runs instead.
+with structure (classes, modes) most clusters are skipped; where the first query blocks (taken in random order)
+show that little is (one blob in many dimensions), sklearn's brute-force search answers the remaining queries.
 """
 from __future__ import annotations
 
@@ -131,13 +131,14 @@ def _block(Xp: np.ndarray, sq: np.ndarray, rows: np.ndarray, cols: np.ndarray) -
 
 
 def _where(cols: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """Position of each of `values` in `cols` (distinct, any order; every value is there)."""
     order = np.argsort(cols, kind="stable")
     return order[np.searchsorted(cols[order], values)]
 
 
 def _merge(d2: np.ndarray, ids: np.ndarray, rows: np.ndarray, block: np.ndarray, cols: np.ndarray) -> None:
-    """Fold the candidates of `block` (rows x cols, squared distances) into each
-    row's k best (d2, ids, shape (queries, k)), in place. Only entries under the row's current k-th count."""
+    """Fold the candidates of `block` (rows x cols, squared distances) into each row's k best (d2, ids, shape
+    (queries, k)), in place. Only entries under the row's current k-th count."""
     k = d2.shape[1]
     r, c = np.nonzero(block < d2[rows].max(axis=1, keepdims=True))
     if not len(r):
