@@ -33,13 +33,15 @@ def lint(session: nox.Session) -> None:
 
 @nox.session(python="3.11")
 def bench(session: nox.Session) -> None:
-    """Speed and quality figures: tracker overhead, analyze at scale, label-issue precision/recall/F1."""
+    """Speed and quality figures: tracker overhead, analyze at scale, scan's neighbour search, label-issue
+    precision/recall/F1."""
     session.install(TORCH)
     session.install("-e", ".[test]")
     session.run("python", "-c", "import time; t = time.perf_counter(); import dataaudit; "
                 "print(f'import dataaudit: {time.perf_counter() - t:.2f} s (target < 1 s)')")
     session.run("python", "benchmarks/bench_overhead.py")
     session.run("python", "benchmarks/bench_scale.py")
+    session.run("python", "benchmarks/bench_neighbors.py")  # scan's neighbour search: before/after, same results
     session.run("python", "benchmarks/bench_labels.py", *session.posargs)
     session.run("python", "benchmarks/bench_probe.py")  # probed data share vs the counterfactual truth
 

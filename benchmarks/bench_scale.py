@@ -11,8 +11,8 @@ with the size of the HTML report.
 
     python benchmarks/bench_scale.py [--sizes 100000 1000000] [--epochs 20] [--keep DIR]
 
-Targets at 10^6 samples x 20 epochs x 10 classes: analyze <= 120 s (aim 60 s),
-peak memory <= 3 GB (aim 2 GB), report <= 1 MB.
+Targets at 10^6 samples x 20 epochs x 10 classes (issue 14): analyze <= 30 s,
+peak memory <= 2 GB, report <= 1 MB.
 """
 from __future__ import annotations
 
@@ -129,7 +129,7 @@ def main() -> None:
         print(f"{r['n']:>9,} {args.epochs:>6} {r['tracked_epoch_s']:>13.2f}s {r['untracked_epoch_s']:>10.2f}s "
               f"{r.get('analyze_s', float('nan')):>8.1f}s {r.get('peak_rss_mb', float('nan')):>7.0f}MB "
               f"{r.get('report_kb', float('nan')):>6.0f}kB  {r.get('verdict', '-')}, {r.get('label_issues', '-')}")
-    print("targets at 10^6 x 20: analyze <= 120 s (aim 60 s), peak <= 3 GB (aim 2 GB), report <= 1 MB")
+    print("targets at 10^6 x 20 (issue 14): analyze <= 30 s, peak <= 2 GB, report <= 1 MB")
 
 
 if __name__ == "__main__":

@@ -385,6 +385,22 @@ def unique_ids(ids: np.ndarray, *, return_inverse: bool = False):
     return np.unique(ids, return_inverse=return_inverse)
 
 
+def last_records(ids: np.ndarray, epochs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(the distinct ids ascending, the row of each one's last record: its latest epoch, then its latest row
+    there), each of shape (u,), for rows of ids and epochs (n,). In O(n) when the ids are dense non-negative
+    integers and the epochs do not decrease (the store's order); the same as a stable sort by epoch otherwise."""
+    ids, epochs = np.asarray(ids), np.asarray(epochs)
+    if (len(ids) and ids.dtype.kind in "iu" and ids.min() >= 0 and ids.max() < 4 * len(ids) + 1024
+            and (epochs[1:] >= epochs[:-1]).all()):
+        last = np.full(int(ids.max()) + 1, -1, dtype=np.int64)
+        np.maximum.at(last, ids, np.arange(len(ids)))
+        uniq = np.flatnonzero(last >= 0)
+        return uniq.astype(ids.dtype), last[uniq]
+    order = np.argsort(epochs, kind="stable")[::-1]
+    uniq, first = np.unique(ids[order], return_index=True)
+    return uniq, order[first]
+
+
 def positions(sorted_ids: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(pos, ok): where each of `ids` sits in `sorted_ids` (unique, ascending), and whether it is there at all."""
     n = len(sorted_ids)

@@ -64,3 +64,19 @@ def test_top_k_probabilities_are_stored_and_rebuilt(tmp_path):
     assert (np.diff(p) <= 0).all()  # most probable first
     first = split.probs(int(part.parent.parent.name.split("=")[1]), 12)[1][0]
     assert np.allclose(first[top], p, atol=1e-6) and first.argmax() == top[0]
+
+
+def test_last_records_is_the_latest_epochs_latest_row(rng):
+    from dataaudit.run import last_records
+
+    def reference(ids, epochs):
+        order = np.argsort(epochs, kind="stable")[::-1]
+        uniq, first = np.unique(ids[order], return_index=True)
+        return uniq, order[first]
+
+    epochs = np.repeat(np.arange(6), 400).astype(np.int32)
+    ids = rng.integers(0, 300, len(epochs)).astype(np.int32)  # drawn with replacement: repeats within an epoch
+    for e, i in ((epochs, ids), (epochs[::-1].copy(), ids), (epochs, ids.astype(np.int64) * 10**9)):
+        got, want = last_records(i, e), reference(i, e)
+        np.testing.assert_array_equal(got[0], want[0])
+        np.testing.assert_array_equal(got[1], want[1])

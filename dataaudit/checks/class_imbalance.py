@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 
 from dataaudit.checks.base import CheckResult, Finding
-from dataaudit.run import Run
+from dataaudit.run import Run, last_records, unique_ids
 
 NAME = "class_imbalance"
 TASKS = ("classification", "binary")
@@ -77,10 +77,10 @@ def _compute_class_imbalance(epochs: np.ndarray, ids: np.ndarray, labels: np.nda
                              num_classes: int, final_epoch: int) -> CheckResult:
     """epochs, ids, labels, losses : shape (rows,), one per recorded (epoch, sample); labels -1 = unknown."""
     # The last label recorded for each distinct sample id.
-    order = np.argsort(epochs, kind="stable")[::-1]
-    sample_ids, first = np.unique(ids[order], return_index=True)
-    sample_labels = labels[order][first]
+    sample_ids, last = last_records(ids, epochs)
+    sample_labels = labels[last]
     known = labels >= 0
+    every = bool(known.all())  # then the columns themselves, not 160 MB copies of each at 20M rows
     counts = np.bincount(sample_labels[sample_labels >= 0], minlength=num_classes)
 
     present = counts > 0
@@ -93,7 +93,8 @@ def _compute_class_imbalance(epochs: np.ndarray, ids: np.ndarray, labels: np.nda
     empty = classes[counts[classes] == 0]
     ratio = float(counts[present].max() / counts[present].min())
 
-    per_class = _per_class_loss(epochs[known], labels[known], losses[known], num_classes)  # (epochs, classes)
+    per_class = _per_class_loss(*((epochs, labels, losses) if every else (epochs[known], labels[known], losses[known])),
+                                num_classes)  # (epochs, classes)
     # The late half of the epochs up to the last complete one: where the other classes have converged.
     judged = per_class.loc[:final_epoch]
     judged = judged if len(judged) else per_class
@@ -105,7 +106,7 @@ def _compute_class_imbalance(epochs: np.ndarray, ids: np.ndarray, labels: np.nda
                and late[c] >= _LAG_FACTOR * rest_loss and late[c] - rest_loss >= _LAG_MARGIN]
 
     # Draws per class over all epochs: a sampler that rebalances draws the rare classes as often as the rest.
-    draws = np.bincount(labels[known], minlength=num_classes)
+    draws = np.bincount(labels if every else labels[known], minlength=num_classes)
     rare_present = classes[counts[classes] > 0]
     rebalanced = bool(len(rare_present)) and bool(
         (draws[rare_present] >= _REBALANCED * np.median(draws[present])).all())
@@ -153,16 +154,20 @@ def _per_class_loss(epochs: np.ndarray, labels: np.ndarray, losses: np.ndarray, 
     """Mean loss (NaN losses skipped) per (epoch, label) as an (epochs, classes) table, NaN where a pair has none;
     rows and columns are the epochs and labels that occur. What groupby(["epoch", "label"]).mean().unstack()
     gives, without its per-row copies."""
-    epoch_values, epoch_pos = np.unique(epochs, return_inverse=True)
+    epoch_values, epoch_pos = unique_ids(epochs, return_inverse=True)
     width = max(num_classes, int(labels.max()) + 1 if len(labels) else 0)
     key = epoch_pos.astype(np.int64) * width + labels
     del epoch_pos
     counted = ~np.isnan(losses)
     shape = (len(epoch_values), width)
-    present = np.bincount(key, minlength=shape[0] * width).reshape(shape) > 0
-    n = np.bincount(key[counted], minlength=shape[0] * width).reshape(shape)
-    total = np.bincount(key[counted], weights=losses[counted].astype(np.float64),
-                        minlength=shape[0] * width).reshape(shape)
+    rows = np.bincount(key, minlength=shape[0] * width).reshape(shape)
+    present = rows > 0
+    if counted.all():  # no masked copies of the 20M-row columns
+        n = rows
+        total = np.bincount(key, weights=losses, minlength=shape[0] * width).reshape(shape)
+    else:
+        n = np.bincount(key[counted], minlength=shape[0] * width).reshape(shape)
+        total = np.bincount(key[counted], weights=losses[counted], minlength=shape[0] * width).reshape(shape)
     with np.errstate(invalid="ignore", divide="ignore"):
         mean = np.where(n > 0, total / np.maximum(n, 1), np.nan)
     classes = np.flatnonzero(present.any(0))

@@ -67,8 +67,13 @@ def _group_curves(epoch_pos: np.ndarray, group: np.ndarray, loss: np.ndarray, n_
     """Mean loss and count of finite losses per (epoch, group), both of shape (n_epochs, n_groups);
     the mean is NaN where a group has no finite loss in an epoch."""
     ok = np.isfinite(loss) & (group >= 0)
-    index = epoch_pos[ok] * n_groups + group[ok]
-    total = np.bincount(index, weights=loss[ok], minlength=n_epochs * n_groups)
+    if ok.all():  # no masked copies of the rows (160 MB a column at 20M rows)
+        index = epoch_pos * n_groups
+        index += group
+        weights = loss
+    else:
+        index, weights = epoch_pos[ok] * n_groups + group[ok], loss[ok]
+    total = np.bincount(index, weights=weights, minlength=n_epochs * n_groups)
     count = np.bincount(index, minlength=n_epochs * n_groups)
     with np.errstate(invalid="ignore", divide="ignore"):
         mean = total / count
@@ -116,12 +121,13 @@ def _compute_subsets(epochs: np.ndarray, ids: np.ndarray, loss: np.ndarray, labe
     loss : float array of shape (r,), per-sample losses (NaN: not finite or not recorded).
     labels : int array of shape (r,), the given class (-1: unknown, e.g. regression).
     """
-    numbers, epoch_pos = np.unique(epochs, return_inverse=True)
+    numbers, epoch_pos = unique_ids(epochs, return_inverse=True)
     n = len(numbers)
-    loss = loss.astype(np.float64)
-    finite = np.isfinite(loss)
-    total_loss = np.bincount(epoch_pos[finite], weights=loss[finite], minlength=n)
-    total_count = np.bincount(epoch_pos[finite], minlength=n)
+    finite = np.isfinite(loss)  # sums in float64 whatever the stored dtype: bincount adds its weights so
+    every = bool(finite.all())
+    total_loss = np.bincount(epoch_pos if every else epoch_pos[finite], weights=loss if every else loss[finite],
+                             minlength=n)
+    total_count = np.bincount(epoch_pos if every else epoch_pos[finite], minlength=n)
     with np.errstate(invalid="ignore", divide="ignore"):
         mean_raw = total_loss / total_count
     if not np.isfinite(mean_raw).all() or n < 2 * MIN_TAIL:
@@ -169,10 +175,11 @@ def _groupings(epoch_pos: np.ndarray, ids: np.ndarray, loss: np.ndarray, labels:
     """(kind, group per row, number of groups) for each way of splitting the samples."""
     labelled = labels >= 0
     if labelled.any():
-        yield "class", np.where(labelled, labels, -1).astype(np.int64), int(labels[labelled].max()) + 1
+        group = labels if labelled.all() else np.where(labelled, labels, -1)
+        yield "class", group, int(labels[labelled].max()) + 1  # the stored int32: no 160 MB copy at 20M rows
     bins, edges = _difficulty_bins(epoch_pos, ids, loss, n)
     if len(edges):
-        yield "difficulty", bins.astype(np.int64), BINS
+        yield "difficulty", bins.astype(np.int64, copy=False), BINS
 
 
 def _finding(v: dict[str, Any], since: int, tail: int, mean_fall: float, subsets: dict) -> Finding:

@@ -28,13 +28,28 @@ def loss_by_epoch(run: Run | None, flagged: tuple[int, ...]) -> pd.DataFrame:
     """
     if run is None or not len(run.records):
         return pd.DataFrame(columns=["all", "clean", "flagged", "val"])
-    records = run.records[["epoch", "sample_id", "loss"]]
-    is_flagged = records["sample_id"].isin(np.asarray(flagged, dtype=np.int64))
-    out = pd.DataFrame({
-        "all": records.groupby("epoch")["loss"].mean(),
-        "clean": records[~is_flagged].groupby("epoch")["loss"].mean(),
-        "flagged": records[is_flagged].groupby("epoch")["loss"].mean(),
-    })
+    from dataaudit.run import unique_ids
+
+    # Sums per (epoch, flagged or not) in one bincount over the columns themselves: a groupby of row subsets
+    # copies them (at 10^6 samples x 20 epochs, about 0.9 GB on top of the run).
+    records = run.records
+    loss = records["loss"].to_numpy()
+    is_flagged = records["sample_id"].isin(np.asarray(flagged, dtype=np.int64)).to_numpy()
+    numbers, key = unique_ids(records["epoch"].to_numpy(), return_inverse=True)
+    key *= 2
+    key += is_flagged
+    del is_flagged
+    counted = ~np.isnan(loss)  # NaN losses are skipped, as a groupby mean skips them
+    if not counted.all():
+        key, loss = key[counted], loss[counted]
+    size = 2 * len(numbers)
+    total = np.bincount(key, weights=loss, minlength=size).reshape(-1, 2)
+    count = np.bincount(key, minlength=size).reshape(-1, 2)
+    del key
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out = pd.DataFrame({"all": total.sum(1) / count.sum(1), "clean": total[:, 0] / count[:, 0],
+                            "flagged": total[:, 1] / count[:, 1]},
+                           index=pd.Index(numbers, name="epoch"))
     val = run.split("val")
     if val is not None and len(val.records):
         out["val"] = val.records.groupby("epoch")["loss"].mean()
@@ -68,7 +83,14 @@ def loss_by_class(run: Run | None) -> pd.DataFrame:
     """
     if run is None or not len(run.records):
         return pd.DataFrame()
-    table = run.records.groupby(["epoch", "label"])["loss"].mean().unstack("label").sort_index()
+    records = run.records
+    labels = records["label"].to_numpy()
+    if (labels >= 0).all():  # the class_imbalance check's table: bincounts over the columns, no groupby copies
+        from dataaudit.checks.class_imbalance import _per_class_loss
+
+        table = _per_class_loss(records["epoch"].to_numpy(), labels, records["loss"].to_numpy(), 0)
+    else:  # unknown labels (-1) get a column of their own
+        table = records.groupby(["epoch", "label"])["loss"].mean().unstack("label").sort_index()
     worst = table.iloc[-1].sort_values(ascending=False, na_position="last").index[:MAX_CLASSES]
     return table[list(worst)].astype(float)
 

@@ -5,7 +5,7 @@ that a column's units do not decide who is near whom.
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -76,8 +76,9 @@ def neighbors_result(X: np.ndarray, labels: np.ndarray, *, ids: np.ndarray | Non
     if n < MIN_SAMPLES:
         return CheckResult.skipped("neighbors", f"{n} samples; needs at least {MIN_SAMPLES}")
     Xs = _standardise(X)
-    pairs = _compute_near_duplicates(Xs)
-    outliers = find_outliers(_compute_outlier_scores(Xs))
+    near = _neighbors(Xs)  # one neighbour search for both
+    pairs = _compute_near_duplicates(Xs, near)
+    outliers = find_outliers(_compute_outlier_scores(Xs, near))
     differ = [bool(labels[a] != labels[b]) for a, b, _ in pairs]
     n_differ = int(sum(differ))
     in_pairs = len({i for a, b, _ in pairs for i in (a, b)})
@@ -126,35 +127,68 @@ def _standardise(X: np.ndarray) -> np.ndarray:
     return (X - X.mean(axis=0)) / np.where(std > 0, std, 1.0)
 
 
-def _compute_near_duplicates(Xs: np.ndarray) -> list[tuple[int, int, float]]:
-    """(index_a, index_b, distance) pairs, closest first; exact copies by row identity, near ones by 1-NN."""
-    from sklearn.neighbors import NearestNeighbors
+class _Neighbors(NamedTuple):
+    """The k nearest distinct points of each distinct row, shared by the duplicate and outlier searches."""
 
-    _, first, inverse = np.unique(Xs, axis=0, return_index=True, return_inverse=True)
-    inverse = inverse.reshape(-1)
-    pairs = [(int(first[g]), i, 0.0) for i, g in enumerate(inverse) if first[g] != i]
-    unique = np.sort(first)  # one row per distinct point
-    if len(unique) < 3:
+    unique: np.ndarray  # (u,) row index of each distinct point's first copy, ascending
+    group: np.ndarray  # (n,) each row's distinct point, as a position in `unique`
+    counts: np.ndarray  # (u,) copies of each distinct point
+    dist: np.ndarray  # (u, k) distances to its k nearest other distinct points, nearest first
+    idx: np.ndarray  # (u, k) their positions in `unique`
+
+
+def _neighbors(Xs: np.ndarray) -> _Neighbors:
+    """Exact copies by row identity; then the OUTLIER_K nearest distinct points of each distinct one (that is
+    enough for both searches: a point's k nearest rows lie among the copies of its k nearest distinct points)."""
+    from dataaudit.scan.knn import nearest_neighbors
+
+    _, first, inverse, counts = np.unique(Xs, axis=0, return_index=True, return_inverse=True, return_counts=True)
+    order = np.argsort(first)
+    position = np.empty_like(order)
+    position[order] = np.arange(len(order))
+    k = min(OUTLIER_K, len(first) - 1)
+    if k < 1:
+        dist, idx = np.zeros((len(first), 0)), np.zeros((len(first), 0), dtype=np.int64)
+    else:
+        dist, idx = nearest_neighbors(Xs[first[order]], k)
+    return _Neighbors(first[order], position[inverse.reshape(-1)], counts[order], dist, idx)
+
+
+def _compute_near_duplicates(Xs: np.ndarray, near: _Neighbors | None = None) -> list[tuple[int, int, float]]:
+    """(index_a, index_b, distance) pairs, closest first; exact copies by row identity, near ones by 1-NN."""
+    near = near or _neighbors(Xs)
+    first = near.unique[near.group]
+    pairs = [(int(f), i, 0.0) for i, f in enumerate(first) if f != i]
+    if len(near.unique) < 3:
         return sorted(pairs)
-    dist, idx = NearestNeighbors(n_neighbors=2).fit(Xs[unique]).kneighbors(Xs[unique])
-    nearest = dist[:, 1]
+    nearest = near.dist[:, 0]
     cutoff = NEAR_RELATIVE * np.median(nearest)
     seen = set()
     for a in np.flatnonzero(nearest < cutoff):
-        b = idx[a, 1]
-        key = (int(unique[min(a, b)]), int(unique[max(a, b)]))
+        b = near.idx[a, 0]
+        key = (int(near.unique[min(a, b)]), int(near.unique[max(a, b)]))
         if key not in seen:
             seen.add(key)
             pairs.append((*key, float(nearest[a])))
     return sorted(pairs, key=lambda p: (p[2], p[0], p[1]))
 
 
-def _compute_outlier_scores(Xs: np.ndarray) -> np.ndarray:
-    from cleanlab.outlier import OutOfDistribution
-    from sklearn.neighbors import NearestNeighbors
+def _compute_outlier_scores(Xs: np.ndarray, near: _Neighbors | None = None) -> np.ndarray:
+    """cleanlab's OutOfDistribution feature score with a euclidean k-NN fit on Xs and queried with Xs.
 
-    # Euclidean on standardised features (cleanlab's default is cosine above 3 dims, blind to a sample far out
-    # along its own direction). The unfitted knn is fit on X and queried with X, so each sample's own zero
-    # distance is one of its k + 1; the ranking is that of the k others.
-    knn = NearestNeighbors(n_neighbors=min(OUTLIER_K + 1, len(Xs) - 1))
-    return np.asarray(OutOfDistribution(params={"knn": knn}).score(features=Xs), dtype=np.float64)
+    Each row's own zero distance is one of its k + 1 (k = OUTLIER_K), as it is in cleanlab with an unfitted
+    knn: exp(-mean of those k + 1 distances / their median), and 1 where that mean is under sqrt(100 eps).
+    Copies count: a row's nearest rows are its other copies (at 0), then its nearest distinct points, each
+    as many times as it has copies.
+    """
+    near = near or _neighbors(Xs)
+    k = min(OUTLIER_K + 1, len(Xs) - 1)  # distances per row, its own included
+    own = np.minimum(near.counts, k)  # zeros: the row itself and its other copies
+    copies = near.counts[near.idx]  # (u, kk) copies of each neighbour
+    before = np.cumsum(copies, axis=1) - copies  # rows counted before each neighbour
+    used = np.clip(np.minimum(copies, (k - own)[:, None] - before), 0, None)
+    mean = ((near.dist * used).sum(axis=1) / k)[near.group]  # (n,)
+    scaling = max(float(np.median(mean)), 100 * np.finfo(np.float64).eps)
+    scores = np.exp(-mean / max(scaling, 1e-6))
+    scores[mean < np.sqrt(100 * np.finfo(np.float64).eps)] = 1.0
+    return scores

@@ -147,3 +147,16 @@ def test_many_classes_use_the_stored_top_k_or_say_why_not(tmp_path, top_k):
         assert result.details["probabilities"] == "none"
         assert any(f.severity == "info" and "Confident learning was left out" in f.summary
                    and "40 classes" in f.summary for f in result.findings)
+
+
+def test_count_issues_is_cleanlabs_calibrated_estimate(rng):
+    from cleanlab.count import num_label_issues
+
+    from dataaudit.checks.labels import _count_issues
+
+    for k, noise in ((2, 0.05), (5, 0.2), (10, 0.4)):
+        true = rng.integers(0, k, 3000)
+        given = np.where(rng.random(3000) < noise, rng.integers(0, k, 3000), true)
+        logits = rng.normal(size=(3000, k)) + 2.5 * np.eye(k)[true]
+        pp = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+        assert _count_issues(given, pp) == num_label_issues(given, pp, estimation_method="off_diagonal_calibrated")

@@ -84,3 +84,46 @@ def test_scan_leaves_neighbors_out_when_it_finds_nothing(tmp_path, rng):
     audit = scan(tmp_path, pred_probs=np.full((300, 3), 1 / 3))
     assert "neighbors" not in audit.results
     assert audit.run_summary["scan"]["neighbors"] == "features"
+
+
+def _reference_outlier_scores(Xs):
+    """What the scan computed before its own neighbour search: cleanlab's score with sklearn's knn."""
+    from cleanlab.outlier import OutOfDistribution
+    from sklearn.neighbors import NearestNeighbors
+
+    knn = NearestNeighbors(n_neighbors=min(11, len(Xs) - 1))
+    return OutOfDistribution(params={"knn": knn}).score(features=Xs)
+
+
+def _reference_near_pairs(Xs):
+    from sklearn.neighbors import NearestNeighbors
+
+    _, first = np.unique(Xs, axis=0, return_index=True)
+    unique = np.sort(first)
+    dist, idx = NearestNeighbors(n_neighbors=2).fit(Xs[unique]).kneighbors(Xs[unique])
+    close = np.flatnonzero(dist[:, 1] < 0.01 * np.median(dist[:, 1]))
+    return {tuple(sorted((int(unique[a]), int(unique[idx[a, 1]])))) for a in close}
+
+
+@pytest.mark.parametrize("copies", [1, 3, 12])  # a group of 12 copies fills a row's 11 nearest with zeros
+def test_same_scores_and_pairs_as_sklearn_and_cleanlab(rng, copies):
+    from dataaudit.scan.neighbors import _compute_near_duplicates, _compute_outlier_scores, _standardise
+
+    X = np.concatenate([rng.normal(size=(300, 6)) + 5 * rng.integers(0, 3, size=(300, 1)),
+                        rng.normal(size=(5, 6)) * 8])
+    X[10:10 + copies] = X[200]  # exact copies
+    X[150:153] = X[40]
+    X[60] = X[61] + 1e-6  # a near copy
+    Xs = _standardise(X)
+    np.testing.assert_allclose(_compute_outlier_scores(Xs), _reference_outlier_scores(Xs), rtol=1e-9, atol=1e-12)
+    pairs = _compute_near_duplicates(Xs)
+    assert {(a, b) for a, b, d in pairs if d > 0} == _reference_near_pairs(Xs) == {(60, 61)}
+    exact = {(a, b) for a, b, d in pairs if d == 0}
+    group = {(10, i) for i in [*range(11, 10 + copies), 200]}  # each copy with the first one
+    assert exact == group | {(40, 150), (40, 151), (40, 152)}
+
+
+def test_all_rows_alike_score_one():
+    from dataaudit.scan.neighbors import _compute_outlier_scores
+
+    assert (_compute_outlier_scores(np.zeros((30, 3))) == 1.0).all()
