@@ -93,7 +93,7 @@ def _compute_class_imbalance(epochs: np.ndarray, ids: np.ndarray, labels: np.nda
     empty = classes[counts[classes] == 0]
     ratio = float(counts[present].max() / counts[present].min())
 
-    per_class = _per_class_loss(*((epochs, labels, losses) if every else (epochs[known], labels[known], losses[known])),
+    per_class = per_class_loss(*((epochs, labels, losses) if every else (epochs[known], labels[known], losses[known])),
                                 num_classes)  # (epochs, classes)
     # The late half of the epochs up to the last complete one: where the other classes have converged.
     judged = per_class.loc[:final_epoch]
@@ -150,7 +150,7 @@ def _compute_class_imbalance(epochs: np.ndarray, ids: np.ndarray, labels: np.nda
     return CheckResult.from_findings(NAME, findings, score=score, details=details, per_sample=per_sample)
 
 
-def _per_class_loss(epochs: np.ndarray, labels: np.ndarray, losses: np.ndarray, num_classes: int) -> pd.DataFrame:
+def per_class_loss(epochs: np.ndarray, labels: np.ndarray, losses: np.ndarray, num_classes: int) -> pd.DataFrame:
     """Mean loss (NaN losses skipped) per (epoch, label) as an (epochs, classes) table, NaN where a pair has none;
     rows and columns are the epochs and labels that occur. What groupby(["epoch", "label"]).mean().unstack()
     gives, without its per-row copies."""

@@ -86,9 +86,9 @@ def loss_by_class(run: Run | None) -> pd.DataFrame:
     records = run.records
     labels = records["label"].to_numpy()
     if (labels >= 0).all():  # the class_imbalance check's table: bincounts over the columns, no groupby copies
-        from dataaudit.checks.class_imbalance import _per_class_loss
+        from dataaudit.checks.class_imbalance import per_class_loss
 
-        table = _per_class_loss(records["epoch"].to_numpy(), labels, records["loss"].to_numpy(), 0)
+        table = per_class_loss(records["epoch"].to_numpy(), labels, records["loss"].to_numpy(), 0)
     else:  # unknown labels (-1) get a column of their own
         table = records.groupby(["epoch", "label"])["loss"].mean().unstack("label").sort_index()
     worst = table.iloc[-1].sort_values(ascending=False, na_position="last").index[:MAX_CLASSES]
