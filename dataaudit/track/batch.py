@@ -23,25 +23,20 @@ def per_sample_losses(losses: Any) -> torch.Tensor:
     return losses.detach()
 
 
-def as_targets(targets: Any, n: int, num_classes: int | None) -> torch.Tensor:
-    """Class indices, shape (n,), from indices or from one-hot / soft targets of shape (n, k)."""
-    if not isinstance(targets, torch.Tensor):
+def as_target_tensor(targets: Any) -> torch.Tensor:
+    """`targets` as a tensor: class indices, values, or (batch, classes) probabilities (their reading by task is
+    `dataaudit.track.task.read_batch`'s)."""
+    if isinstance(targets, torch.Tensor):
+        return targets
+    try:
         array = np.asarray(targets)
-        if array.dtype.kind not in "iufb":
-            raise TypeError(f"record() needs targets as class indices or (batch, classes) probabilities; "
-                            f"got an array of dtype {array.dtype}")
-        targets = torch.as_tensor(array)
-    targets = targets.detach()
-    if targets.ndim == 2 and (num_classes is None or targets.shape[1] == num_classes):
-        targets = targets.argmax(1)
-    if targets.ndim != 1 or targets.shape[0] != n:
-        raise ValueError(
-            f"record() needs targets of shape ({n},) (class indices) or ({n}, classes); "
-            f"got shape {tuple(targets.shape)}"
-        )
-    if targets.is_floating_point():
-        targets = targets.round()
-    return targets.long()
+    except (TypeError, ValueError):
+        array = None
+    if array is None or array.dtype.kind not in "iufb":
+        what = f"an array of dtype {array.dtype}" if array is not None else type(targets).__name__
+        raise TypeError(f"record() needs targets as class indices, values or (batch, classes) probabilities; "
+                        f"got {what}")
+    return torch.as_tensor(array)
 
 
 class TargetRangeError(ValueError):

@@ -30,7 +30,7 @@ import torch
 
 from dataaudit import store
 from dataaudit.track import lock
-from dataaudit.track.batch import TargetRangeError, per_sample_losses
+from dataaudit.track.batch import TargetRangeError, as_target_tensor, per_sample_losses
 from dataaudit.track.epoch import EpochBuffer
 from dataaudit.track.inputs import (
     TOKEN_FEATURES,
@@ -272,7 +272,7 @@ class Tracker:
         # Copies, not views: loaders and CUDA graphs may reuse their buffers.
         row: dict[str, Any] = {"ids": ids, "n": n, "loss": losses.to(torch.float32, copy=True)}
         logits = None if logits is None else _check_rows("logits", logits, n, ndim=None)
-        targets = None if targets is None else _as_tensor(targets)
+        targets = None if targets is None else as_target_tensor(targets)
         if targets is not None:
             _check_rows("targets", targets, n, ndim=None)
         task = self._task(logits, targets)
@@ -602,15 +602,6 @@ class Tracker:
         if self._closed:
             raise RuntimeError("this Tracker is closed; open the run again with "
                                "dataaudit.Tracker(run_dir) to resume it")
-
-
-def _as_tensor(value: Any) -> torch.Tensor:
-    if isinstance(value, torch.Tensor):
-        return value
-    try:
-        return torch.as_tensor(np.asarray(value))
-    except (TypeError, ValueError, RuntimeError):
-        raise TypeError(f"record() needs targets as a tensor or an array; got {type(value).__name__}") from None
 
 
 def _check_rows(name: str, tensor: Any, n: int, *, ndim: int | None) -> torch.Tensor:

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from dataaudit.track.batch import as_targets, logit_stats, per_sample_losses
+from dataaudit.track.batch import as_target_tensor, logit_stats, per_sample_losses
+from dataaudit.track.task import read_batch
 
 
 def test_logit_stats_match_torch(rng):
@@ -24,10 +25,15 @@ def test_logit_stats_match_torch(rng):
     assert np.isnan(stats["prob"][:3]).all() and np.isnan(stats["margin"][:3]).all()
 
 
-def test_as_targets_accepts_one_hot_and_soft():
-    assert as_targets(torch.eye(3)[[2, 0]], 2, 3).tolist() == [2, 0]
-    assert as_targets(torch.tensor([[0.2, 0.8], [0.9, 0.1]]), 2, 2).tolist() == [1, 0]
-    assert as_targets([1, 0], 2, None).tolist() == [1, 0]
+def _labels(targets, n, k):
+    task = {"kind": "classification", "num_classes": k}
+    return read_batch(task, None, as_target_tensor(targets), n)["label"]
+
+
+def test_targets_accept_one_hot_and_soft():
+    assert _labels(torch.eye(3)[[2, 0]], 2, 3).tolist() == [2, 0]
+    assert _labels(torch.tensor([[0.2, 0.8], [0.9, 0.1]]), 2, 2).tolist() == [1, 0]
+    assert _labels([1, 0], 2, None).tolist() == [1, 0]
 
 
 def test_per_sample_losses_detaches():

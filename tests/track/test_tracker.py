@@ -250,8 +250,7 @@ def test_targets_beyond_what_the_checks_count_are_refused_without_logits(run_dir
 
 
 @pytest.mark.parametrize("call, error, message", [
-    (lambda t, y: t.record(torch.zeros(10), targets=["cat"] * 10), TypeError,
-     "targets as (class indices|a tensor or an array)"),
+    (lambda t, y: t.record(torch.zeros(10), targets=["cat"] * 10), TypeError, "targets as class indices"),
     (lambda t, y: t.record(torch.zeros(10), targets=y, inputs=torch.zeros(10, 0)), ValueError,
      "at least one value per sample"),
 ])
