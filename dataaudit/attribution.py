@@ -58,6 +58,7 @@ from typing import Any
 
 import numpy as np
 
+from dataaudit.checks import flagging
 from dataaudit.checks.base import CheckResult
 from dataaudit.checks.curves import epoch_losses
 from dataaudit.run import Run
@@ -116,9 +117,9 @@ def attribute(run: Run, results: dict[str, CheckResult], *, seed: int = 0) -> At
     signals = list(results["optimizer"].details.get("signals", [])) if "optimizer" in results else []
     faults = {name: results[name].status for name in ("class_imbalance", "drift", "coverage", "feature_scale")
               if name in results and results[name].status in _FAULT}
-    flagging = _flagging(results)   # noisy labels, or noisy targets on a regression run
-    if flagging is not None and flagging.status in _FAULT:
-        faults = {"labels": flagging.status, **faults}
+    flagged = flagging(results)   # noisy labels, or noisy targets on a regression run
+    if flagged is not None and flagged.status in _FAULT:
+        faults = {"labels": flagged.status, **faults}
     minority = list(results["class_imbalance"].details.get("classes", [])) if "class_imbalance" in faults else []
     drift = _drift_rise(run, window, results["drift"].details.get("first_drift_epoch")) if "drift" in faults else 0.0
     use_labels = "labels" in faults
@@ -300,17 +301,9 @@ def _interval(s: _Samples, estimate, share: float, seed: int) -> tuple[float, fl
 
 def _flagged(results: dict[str, CheckResult], ids: np.ndarray) -> np.ndarray:
     """Per sample of `ids` (n,): whether the labels (or, on regression, the targets) check flagged it."""
-    labels = _flagging(results)
+    labels = flagging(results)
     table = labels.per_sample if labels is not None else None
     if table is None or table.empty:
         return np.zeros(len(ids), bool)
     return table.set_index("sample_id")["flagged"].reindex(ids).fillna(False).to_numpy(bool)
 
-
-def _flagging(results: dict[str, CheckResult]) -> CheckResult | None:
-    """The check that flags samples: noisy labels (classification), else noisy targets (regression)."""
-    for name in ("labels", "targets"):
-        result = results.get(name)
-        if result is not None and result.status != "skipped":
-            return result
-    return None

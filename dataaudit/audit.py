@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from dataaudit import probes, store
 from dataaudit.attribution import attribute
-from dataaudit.checks import REGISTRY, CheckResult, Finding, get_check
+from dataaudit.checks import REGISTRY, CheckResult, Finding, flagging, get_check
 from dataaudit.reconcile import reconcile
 from dataaudit.run import Run, load_run
 
@@ -148,9 +148,7 @@ def analyze(run: str | Path | Run, *, checks: Iterable[str] | None = None, progr
         results = reconcile(results)
         bar.step("attribution")
         labels = results.get("labels")
-        # noisy labels (classification) or noisy targets (regression): one list of suspicious ids
-        flagging = [r for name in ("labels", "targets")
-                    if (r := results.get(name)) is not None and r.status != "skipped"]
+        flagged = flagging(results)  # noisy labels, or noisy targets on a regression: one list of suspicious ids
         attribution = attribute(run, results)
         probed = probes.latest(run.path)  # a probe of the run measured the share: the verdict rests on it
         attribution = probes.apply(attribution, probed)
@@ -168,7 +166,7 @@ def analyze(run: str | Path | Run, *, checks: Iterable[str] | None = None, progr
         data_share=attribution.data_share,
         results=results,
         plateau=dict(plateau.details) if plateau is not None else {"detected": False, "onset_epoch": None},
-        label_issues=tuple(flagging[0].details.get("label_issues", [])) if flagging else (),
+        label_issues=tuple(flagged.details.get("label_issues", [])) if flagged is not None else (),
         attribution={**attribution.details, "verdict": attribution.verdict, "data_share": attribution.data_share},
         run_summary=_summary(run),
         probes=probes.section(probed),

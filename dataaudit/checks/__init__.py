@@ -53,6 +53,16 @@ REGISTRY: dict[str, Check] = {m.NAME: _for_its_tasks(m) for m in (
     subsets, layer_gradients, val_noise, resume, accumulation, units)}
 
 
+def flagging(results: dict[str, CheckResult]) -> CheckResult | None:
+    """The result whose flagged samples are the run's suspicious ones: the labels check, else (a regression) the
+    targets check; None when neither ran."""
+    for name in ("labels", "targets"):
+        result = results.get(name)
+        if result is not None and result.status != "skipped":
+            return result
+    return None
+
+
 def get_check(name: str) -> Check:
     try:
         return REGISTRY[name]

@@ -10,6 +10,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
+from dataaudit.checks import flagging
+
 if TYPE_CHECKING:
     from dataaudit.audit import Audit
     from dataaudit.run import Run
@@ -149,10 +151,7 @@ def suspicious_samples(audit: Audit, *, top: int = TOP_SAMPLES) -> list[dict[str
     Each row: sample_id, label, suggested_label, label_quality (and aum when the check has it); for the
     targets check (regression): sample_id, loss, residual.
     """
-    result = audit.results.get("labels")
-    targets = audit.results.get("targets")
-    if (result is None or result.status == "skipped") and targets is not None and targets.status != "skipped":
-        result = targets  # regression: the samples flagged for their targets
+    result = flagging(audit.results) or audit.results.get("labels")  # regression: flagged for their targets
     table = result.per_sample if result is not None else None
     ids = list(audit.label_issues[:top])
     if table is None or not len(table) or not ids:

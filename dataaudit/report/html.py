@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 import jinja2
 from markupsafe import Markup
 
+from dataaudit.checks import flagging
 from dataaudit.report import figures, plots, tables
 
 if TYPE_CHECKING:
@@ -43,10 +44,8 @@ def render_html(audit: Audit) -> str:
     coverage = figures.coverage_rows(audit)
     drift = figures.drift_rows(audit)
     drift_result = audit.results.get("drift")
-    labels = audit.results.get("labels")
-    targets = audit.results.get("targets")
-    if (labels is None or labels.status == "skipped") and targets is not None and targets.status != "skipped":
-        labels = targets  # regression: its flagged samples stand where label issues do
+    # on a regression the targets check's flagged samples stand where label issues do
+    labels = flagging(audit.results) or audit.results.get("labels")
     plots_svg = {
         "loss": (plots.loss_histogram(figures.loss_histogram(run, flagged), unit=unit) if one_epoch else
                  plots.loss_curve(losses, onset=onset, plateau_epochs=plateau_epochs, unit=unit)),

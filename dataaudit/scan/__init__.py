@@ -272,11 +272,11 @@ def flagged_table(audit):
     """
     import pandas as pd
 
+    from dataaudit.checks import flagging
     from dataaudit.issues import flagged_rows
 
-    result = audit.results.get("scan_labels") or audit.results.get("labels")
-    targets = audit.results.get("targets")
-    if (result is None or result.status == "skipped") and targets is not None and targets.status != "skipped":
+    targets = flagging(audit.results)
+    if "scan_labels" not in audit.results and targets is not None and targets.name == "targets":
         # regression: the samples flagged for their targets, with their mean loss and residual
         table = targets.per_sample.set_index("sample_id")
         ids = [i for i in targets.details.get("label_issues", []) if i in table.index]
