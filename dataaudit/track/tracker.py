@@ -31,7 +31,7 @@ import torch
 from dataaudit import store
 from dataaudit.track import lock
 from dataaudit.track.batch import TargetRangeError, as_target_tensor, per_sample_losses
-from dataaudit.track.epoch import EpochBuffer
+from dataaudit.track.epoch import EpochBuffer, Sketched
 from dataaudit.track.inputs import (
     TOKEN_FEATURES,
     float_tensor,
@@ -466,8 +466,9 @@ class Tracker:
             x = sketch_features(x)
         if epoch.sketched_batches % self._sketch_every(epoch.split) == 0:
             x = x.to(torch.float32, copy=True)
-            epoch.inputs.append((ids, x))
-            epoch.input_bytes += x.numel() * 4
+            projected = self._projection_for(epoch.split)(x)
+            epoch.inputs.append(Sketched(ids, x, projected))
+            epoch.input_bytes += (x.numel() + (projected.numel() if projected is not x else 0)) * 4
         epoch.sketched_batches += 1
 
     def _same_shape(self, epoch: EpochBuffer, info: dict, shape: list[int]) -> bool:
@@ -519,10 +520,9 @@ class Tracker:
         size = self._manifest["splits"][split].get("dataset_size")
         return 65536 if not size else min(max(size // 8, 4096), 65536)
 
-    def _projection_for(self, split: str) -> Projection | None:
-        shape = self._manifest["splits"][split].get("sketch_shape")
-        if shape is None:
-            return None
+    def _projection_for(self, split: str) -> Projection:
+        """The split's projection for the reservoir (its sketch shape is known once a batch was sketched)."""
+        shape = self._manifest["splits"][split]["sketch_shape"]
         projection = self._projection.get(split)
         if projection is None:
             cfg = self._manifest["sketch"]
@@ -535,8 +535,7 @@ class Tracker:
         if not chunk.rows and not chunk.inputs:
             return
         num_classes = self._manifest.get("num_classes") or 0
-        kwargs = {"projection": self._projection_for(epoch.split),
-                  "reservoir_size": self._manifest["sketch"]["reservoir"],
+        kwargs = {"reservoir_size": self._manifest["sketch"]["reservoir"],
                   "store_probs": num_classes <= self.max_prob_classes}
         if num_classes > self.max_prob_classes and self.top_k_probs:  # many classes: the most probable only
             kwargs["top_k"] = min(self.top_k_probs, num_classes)
