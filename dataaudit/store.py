@@ -328,7 +328,6 @@ class Writer:
             raise RuntimeError(f"dataaudit could not write the run: {error}") from error
 
     def _loop(self) -> None:
-        _lower_priority()
         while True:
             fn = self._queue.get()
             try:
@@ -343,14 +342,6 @@ class Writer:
             finally:
                 self._queue.task_done()
                 fn = None  # hold nothing of the caller's between jobs (a dropped Tracker can be collected)
-
-
-def _lower_priority() -> None:
-    """Let the calling thread run only on a core nothing else wants (Linux: nice 19 for this thread alone)."""
-    try:
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
-    except (AttributeError, OSError):  # not Linux, or not allowed: keep the normal priority
-        pass
 
 
 def _json_default(obj: Any) -> Any:

@@ -55,25 +55,45 @@ class EpochBuffer:
     rows: list[dict] = field(default_factory=list)
     buffered: int = 0
     inputs: list[Sketched] = field(default_factory=list)
-    input_bytes: int = 0
+    buffered_bytes: int = 0
     # written by the writer thread only:
     nonfinite: int = 0
     soft_targets: bool = False  # some recorded target was soft (mixup, smoothed one-hots)
-    chunks: int = 0
-    files: list[str] = field(default_factory=list)
+    chunks: int = 0             # record chunks named so far (on the training thread, see `chunk_file`)
+    sketched: bool = False      # some batch fed the input sketch: the epoch writes its sketch files
+    files: list[str] = field(default_factory=list)   # what the epoch writes, named before it is written
     moments: Moments = field(default_factory=Moments)
     reservoir: Reservoir | None = None
 
     def take_chunk(self) -> Chunk:
         chunk = Chunk(self.rows, self.inputs)
-        self.rows, self.inputs, self.buffered, self.input_bytes = [], [], 0, 0
+        self.rows, self.inputs, self.buffered, self.buffered_bytes = [], [], 0, 0
+        self.sketched |= bool(chunk.inputs)
         return chunk
+
+    def chunk_file(self) -> str:
+        """Name the next records file (training thread): the manifest lists it before the writer writes it."""
+        name = self._file("records", f"part-{self.session}-{self.chunks:05d}.parquet")
+        self.chunks += 1
+        return name
+
+    def sketch_files(self) -> tuple[str, str] | None:
+        """The epoch's sketch files, features then reservoir; None when no batch was sketched."""
+        if not self.sketched:
+            return None
+        return self._file("sketch", "features.parquet"), self._file("sketch", "reservoir.parquet")
+
+    def _file(self, table: str, name: str) -> str:
+        rel = (store.partition_dir(table, epoch=self.epoch, rank=self.rank, split=self.split) / name).as_posix()
+        self.files.append(rel)
+        return rel
 
     # ------------------------------------------------------- writer thread
 
-    def process(self, chunk: Chunk, run_dir: Path, *, reservoir_size: int, store_probs: bool,
+    def process(self, chunk: Chunk, run_dir: Path, file: str | None, *, reservoir_size: int, store_probs: bool,
                 top_k: int = 0) -> None:
-        """Fold a chunk into the sketch and write its records.
+        """Fold a chunk into the sketch and write its records to `file` (named by `chunk_file` when the
+        chunk has rows).
 
         No BLAS call and, for host tensors, no torch kernel runs here: either would start a thread pool of
         its own that spins against the training thread's (on a CPU run, a third of the step time).
@@ -91,22 +111,13 @@ class EpochBuffer:
             # drawn-but-unrecorded rows carry NaN for "no loss", not a non-finite loss
             recorded = table.column("recorded").to_numpy(zero_copy_only=False)
             self.nonfinite += int((~np.isfinite(table.column("loss").to_numpy()) & recorded).sum())
-            self.write(run_dir, "records", table, f"part-{self.session}-{self.chunks:05d}.parquet")
-            self.chunks += 1
+            store.write_parquet_atomic(run_dir / file, table)
 
-    def finish(self, run_dir: Path) -> None:
-        """Write the epoch's input sketch."""
-        features = self.moments.table()
-        if features is not None:
-            self.write(run_dir, "sketch", features, "features.parquet")
-        if self.reservoir is not None:
-            self.write(run_dir, "sketch", self.reservoir.table(), "reservoir.parquet")
-
-    def write(self, run_dir: Path, table_name: str, table: pa.Table, name: str) -> None:
-        folder = store.partition_dir(table_name, epoch=self.epoch, rank=self.rank, split=self.split)
-        rel = (folder / name).as_posix()
-        store.write_parquet_atomic(run_dir / rel, table)
-        self.files.append(rel)
+    def finish(self, run_dir: Path, files: tuple[str, str] | None) -> None:
+        """Write the epoch's input sketch to `files` (see `sketch_files`)."""
+        if files is not None:
+            store.write_parquet_atomic(run_dir / files[0], self.moments.table())
+            store.write_parquet_atomic(run_dir / files[1], self.reservoir.table())
 
 
 def records_table(rows: list[dict], epoch: int, *, store_probs: bool, top_k: int = 0) -> pa.Table:

@@ -264,20 +264,28 @@ def _layers_table(rows: list[dict], names: list[str]) -> pa.Table | None:
     })
 
 
-def write_steps(run_dir: Path, rows: list[dict], layer_rows: list[dict], names: list[str], *,
-                rank: int, session: str) -> list[str]:
-    """Copy step and layer rows to the host (one synchronisation per column) and write them,
-    one file per epoch and table; returns the files written, relative to run_dir."""
-    written = []
+def step_files(rows: list[dict], layer_rows: list[dict], *, rank: int, session: str) -> dict[tuple[str, int], str]:
+    """The files `write_steps` writes for these rows, named on the training thread (so the manifest can list
+    them before they are written): (table, epoch) -> path relative to the run directory, one file per epoch
+    and table, named after the epoch's first step."""
+    files = {}
+    for name, table_rows in (("steps", rows), ("layers", layer_rows)):
+        for r in table_rows:
+            key = (name, int(r["epoch"]))
+            if key not in files:
+                folder = store.partition_dir(name, epoch=key[1], rank=rank)
+                files[key] = (folder / f"part-{session}-{int(r['step']):09d}.parquet").as_posix()
+    return files
+
+
+def write_steps(run_dir: Path, rows: list[dict], layer_rows: list[dict], names: list[str],
+                files: dict[tuple[str, int], str]) -> None:
+    """Copy step and layer rows to the host (one synchronisation per column) and write them to `files`
+    (see `step_files`)."""
     for name, table in (("steps", _steps_table(rows)), ("layers", _layers_table(layer_rows, names))):
         if table is None:
             continue
         epochs = table.column("epoch").to_numpy()
         for number in np.unique(epochs):
             part = table if epochs[0] == epochs[-1] else table.filter(epochs == number)
-            folder = store.partition_dir(name, epoch=int(number), rank=rank)
-            first = int(part.column("step")[0].as_py())
-            rel = (folder / f"part-{session}-{first:09d}.parquet").as_posix()
-            store.write_parquet_atomic(run_dir / rel, part)
-            written.append(rel)
-    return written
+            store.write_parquet_atomic(run_dir / files[(name, int(number))], part)

@@ -53,29 +53,32 @@ class Probes:
     def note_losses(self, losses: torch.Tensor) -> None:
         self.backward.note_losses(losses)
 
-    def epoch_end(self, manifest: dict, *, epoch: int, session: str, step: int,
-                  submit: Callable[[Callable[[], None]], Any]) -> None:
-        """Gather the epoch's fingerprints and summaries (device values, no synchronisation) and `submit` a task
-        that copies them to the host and adds them to `manifest` (the tracker's writer thread runs it)."""
+    def epoch_end(self, *, epoch: int, session: str, step: int,
+                  submit: Callable[[Callable[[], Callable[[dict], None]]], Any]) -> None:
+        """Gather the epoch's fingerprints and summaries (device values, no synchronisation) and `submit` a job
+        that copies them to the host (the tracker's writer thread runs it) and returns the change that adds
+        them to the manifest (the tracker applies it on the training thread)."""
         start, self.state.start = self.state.start, None
         end = self.state.fingerprint()
         backward = self.backward.take()
         activations = self.activations.take() if self.activations is not None else None
         every = self.activations.every if self.activations is not None else None
 
-        def add() -> None:
-            probes = manifest.setdefault("probes", {})
-            states = probes.setdefault("optimizer_state", [])
-            if start is not None:
-                states.append({"at": "start", "epoch": epoch, "session": session, **start()})
+        def copy() -> Callable[[dict], None]:
+            states = [] if start is None else [{"at": "start", "epoch": epoch, "session": session, **start()}]
             states.append({"at": "end", "epoch": epoch, "session": session, "tracked_step": step, **end()})
             summary = backward()
-            if summary is not None:
-                probes.setdefault("backward", []).append({"epoch": epoch, **summary})
             layers = activations() if activations is not None else None
-            if layers:
-                probes.setdefault("activations", []).append({"epoch": epoch, "every": every, "layers": layers})
-        submit(add)
+
+            def add(manifest: dict) -> None:
+                probes = manifest.setdefault("probes", {})
+                probes.setdefault("optimizer_state", []).extend(states)
+                if summary is not None:
+                    probes.setdefault("backward", []).append({"epoch": epoch, **summary})
+                if layers:
+                    probes.setdefault("activations", []).append({"epoch": epoch, "every": every, "layers": layers})
+            return add
+        submit(copy)
 
     def remove(self) -> None:
         self.state.remove()

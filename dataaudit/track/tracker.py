@@ -10,17 +10,19 @@ record() only copies the batch's tensors; every `flush_rows` samples and at
 the end of each epoch the gathered chunk goes to a background thread, which
 computes the statistics, copies them to the host once and writes them (see
 `dataaudit.track.epoch`, and `dataaudit.store` for the files). The end of an
-epoch waits for its commit, so a killed process loses at most the epoch in
-progress.
+epoch waits for nothing: the writer thread commits the manifest once the
+epoch's files are written (see `dataaudit.track.commit`), so a killed process
+loses the epoch in progress and at most the one whose files were still being
+written.
 """
 from __future__ import annotations
 
 import atexit
-import json
 import os
 import uuid
 import warnings
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,6 +33,7 @@ import torch
 from dataaudit import store
 from dataaudit.track import lock
 from dataaudit.track.batch import TargetRangeError, as_target_tensor, per_sample_losses
+from dataaudit.track.commit import Committer
 from dataaudit.track.epoch import EpochBuffer, Sketched
 from dataaudit.track.inputs import (
     TOKEN_FEATURES,
@@ -42,14 +45,15 @@ from dataaudit.track.inputs import (
 )
 from dataaudit.track.loader import Draws, TrackedLoader, base_loader, check_loader, hook, hooked_draws
 from dataaudit.track.manifest import check_run_dir, default_rank, iso, now, open_manifest
-from dataaudit.track.optim import OptimizerWatch, write_steps
+from dataaudit.track.optim import OptimizerWatch, step_files, write_steps
 from dataaudit.track.probes import Probes, check_options, param_info
 from dataaudit.track.sampler_info import sampler_facts
 from dataaudit.track.sketch import Projection
 from dataaudit.track.task import infer_task, read_batch
 
-# Sketched inputs waiting on the device for the writer are kept under this many bytes.
-_INPUT_BUDGET = 64 << 20
+# What record() gathers on the device for the writer thread (losses, logits, sketched inputs) is handed over
+# at this many bytes at most, and at `flush_rows` samples.
+_BUFFER_BUDGET = 64 << 20
 
 
 @dataclass
@@ -68,8 +72,9 @@ class Tracker:
     Parameters
     ----------
     run_dir : path of the run directory, created if needed.
-    flush_rows : samples gathered on the device before they go to the writer thread
-        (default: an eighth of the dataset, between 4,096 and 65,536).
+    flush_rows : samples gathered on the device before they go to the writer thread (default 65,536, and
+        at most 64 MB of losses, logits and sketched inputs): each hand-over writes one file per epoch.
+        The epoch's last chunk is written while the next epoch runs.
     sketch_dim : dimension of the random projection kept of each input.
     sketch_rows : about this many samples per epoch feed the input sketch (moments and
         reservoir): every k-th batch, whole. Every sample also gets a fingerprint, its
@@ -114,6 +119,7 @@ class Tracker:
         self._manifest_data: dict | None = None   # opened at the first write, once the rank is known
         self._lock: lock.RankLock | None = None
         self._writer = store.Writer(pass_through=(TargetRangeError,))
+        self._committer = Committer(self.path, self._writer)
         atexit.register(_close_at_exit, weakref.ref(self))
 
     @property
@@ -285,9 +291,10 @@ class Tracker:
         epoch.recorded += n
         epoch.rows.append(row)
         epoch.buffered += n
+        epoch.buffered_bytes += sum(t.numel() * t.element_size() for t in row.values() if isinstance(t, torch.Tensor))
         if self._watch is not None:
             self._watch.note_loss(row["loss"])
-        if epoch.buffered >= self._flush_rows(epoch.split) or epoch.input_bytes >= _INPUT_BUDGET:
+        if epoch.buffered >= (self.flush_rows or 65536) or epoch.buffered_bytes >= _BUFFER_BUDGET:
             self._flush(epoch)
 
     def close(self) -> None:
@@ -468,7 +475,7 @@ class Tracker:
             x = x.to(torch.float32, copy=True)
             projected = self._projection_for(epoch.split)(x)
             epoch.inputs.append(Sketched(ids, x, projected))
-            epoch.input_bytes += (x.numel() + (projected.numel() if projected is not x else 0)) * 4
+            epoch.buffered_bytes += (x.numel() + (projected.numel() if projected is not x else 0)) * 4
         epoch.sketched_batches += 1
 
     def _same_shape(self, epoch: EpochBuffer, info: dict, shape: list[int]) -> bool:
@@ -514,12 +521,6 @@ class Tracker:
         seen = [e["samples"] or e["recorded"] for e in self._manifest["epochs"] if e["split"] == split]
         return seen[0] if seen else None
 
-    def _flush_rows(self, split: str) -> int:
-        if self.flush_rows is not None:
-            return self.flush_rows
-        size = self._manifest["splits"][split].get("dataset_size")
-        return 65536 if not size else min(max(size // 8, 4096), 65536)
-
     def _projection_for(self, split: str) -> Projection:
         """The split's projection for the reservoir (its sketch shape is known once a batch was sketched)."""
         shape = self._manifest["splits"][split]["sketch_shape"]
@@ -539,36 +540,43 @@ class Tracker:
                   "store_probs": num_classes <= self.max_prob_classes}
         if num_classes > self.max_prob_classes and self.top_k_probs:  # many classes: the most probable only
             kwargs["top_k"] = min(self.top_k_probs, num_classes)
-        self._writer.submit(lambda: epoch.process(chunk, self.path, **kwargs))
+        file = epoch.chunk_file() if chunk.rows else None
+        self._writer.submit(lambda: epoch.process(chunk, self.path, file, **kwargs))
 
     def _end(self, epoch: EpochBuffer, *, exhausted: bool) -> None:
         self._note_unrecorded()
         epoch.ended = True
         self._open.pop(epoch.split, None)
         self._flush(epoch)
-        self._writer.submit(lambda: epoch.finish(self.path))
+        sketch = epoch.sketch_files()
+        self._writer.submit(lambda: epoch.finish(self.path, sketch))
         if epoch.split == "train":
             self._write_steps()
             if self._probes is not None:
-                self._probes.epoch_end(self._manifest, epoch=epoch.epoch, session=self._session,
-                                       step=self._watch.step, submit=self._writer.submit)
+                self._probes.epoch_end(epoch=epoch.epoch, session=self._session, step=self._watch.step,
+                                       submit=self._committer.submit_patch)
         # Frameworks stop after len() batches without exhausting the iterator: complete all the same.
         complete = exhausted or (epoch.expected_batches is not None and epoch.batches >= epoch.expected_batches)
         entry = {
             "split": epoch.split, "epoch": epoch.epoch, "rank": self.rank, "complete": complete,
             "batches": epoch.batches, "samples": epoch.yielded, "recorded": epoch.recorded,
             "started": iso(epoch.started), "ended": now(), "session": self._session,
+            "nonfinite_losses": None,  # counted by the writer thread: see below
         }
+        self._manifest["epochs"].append(entry)
+        self._committer.list_files(self._manifest, epoch.files)
 
-        def add_entry() -> None:  # on the writer thread, once the epoch's files are written
-            entry["nonfinite_losses"] = epoch.nonfinite
-            if epoch.soft_targets and self._manifest.get("task"):
-                self._manifest["task"]["soft_targets"] = True
-            self._manifest["epochs"].append(entry)
-            self._manifest["files"].extend(epoch.files)
+        def counted() -> Callable[[dict], None]:  # on the writer thread, once the epoch's files are written
+            nonfinite, soft = epoch.nonfinite, epoch.soft_targets
 
-        self._writer.submit(add_entry)
-        self._commit()
+            def apply(manifest: dict) -> None:
+                entry["nonfinite_losses"] = nonfinite
+                if soft and manifest.get("task"):
+                    manifest["task"]["soft_targets"] = True
+            return apply
+
+        self._committer.submit_patch(counted)
+        self._commit(wait=False)
 
     def _write_steps(self) -> None:
         if self._watch is None:
@@ -578,24 +586,15 @@ class Tracker:
         self._manifest["step_counters"] = {"step": self._watch.step, "attempt": self._watch._attempts}
         if rows or layer_rows:
             names = self._watch.names
-            self._writer.submit(lambda: self._manifest["files"].extend(
-                write_steps(self.path, rows, layer_rows, names, rank=self.rank, session=self._session)))
+            files = step_files(rows, layer_rows, rank=self.rank, session=self._session)
+            self._committer.list_files(self._manifest, list(files.values()))
+            self._writer.submit(lambda: write_steps(self.path, rows, layer_rows, names, files))
 
-    def _commit(self) -> None:
-        """Write the manifest after everything submitted before it, and wait for it.
-
-        The manifest is serialised on the writer thread while this thread waits, so
-        the two never touch it at once; a process killed from here on keeps all
-        that was committed.
-        """
-        path = self.path / store.manifest_name(self._rank)
-
-        def write() -> None:
-            self._manifest["updated"] = now()
-            store.write_text_atomic(path, json.dumps(self._manifest))
-
-        self._writer.submit(write)
-        self._writer.flush()
+    def _commit(self, *, wait: bool = True) -> None:
+        """Write the manifest after everything submitted before it (see `dataaudit.track.commit`). An epoch's
+        end does not wait: a process killed before that manifest is on disk loses that epoch as well as the one
+        in progress."""
+        self._committer.commit(self._manifest, self._rank, wait=wait)
 
     def _check_open(self) -> None:
         if self._closed:
