@@ -42,7 +42,8 @@ class DataAuditCallback(TrainerCallback):
     tracker_kwargs : passed to `dataaudit.Tracker`.
     """
 
-    def __init__(self, run_dir: str | os.PathLike, *, watch: bool = True, every: int = 10, **tracker_kwargs: Any):
+    def __init__(self, run_dir: str | os.PathLike, *, watch: bool = True, every: int | None = None,
+                 **tracker_kwargs: Any):
         self.run_dir = run_dir
         self.watch = watch
         self.every = every

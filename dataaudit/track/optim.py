@@ -8,7 +8,9 @@ tracker flushes an epoch: no step reads a value back to the host.
   Lightning's automatic optimization) the closure computes them inside step():
   they are read when it first returns;
 - raw gradient norm: the same norm as backward left it, before any clipping,
-  every `every` steps (never when `every` is 0). It is read at the very end of
+  on sampled steps: every `every` steps (never when `every` is 0), or with every=None (the default) every 10
+  steps, sparser where measuring costs more than 0.5% of the host time between steps (`adaptive_period`:
+  a small model on a CPU, whose step is short). It is read at the very end of
   the backward pass (a post-accumulate-grad hook queues the read), after
   DistributedDataParallel has averaged the gradients over the ranks: a
   rank's own gradient, before that, is not what the optimizer steps with. A measured step is clipped when its gradient
@@ -21,6 +23,8 @@ tracker flushes an epoch: no step reads a value back to the host.
 """
 from __future__ import annotations
 
+import math
+import time
 from pathlib import Path
 from typing import Any
 
@@ -39,20 +43,38 @@ def _norm(tensors: list[torch.Tensor]) -> torch.Tensor:
         return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(tensors)).float())
 
 
+# Adaptive cadence of the measured steps (every=None): from every 10 steps, sparser when measuring one step
+# costs more than this share of the host time between steps, up to every 1,000.
+_AUTO_START, _AUTO_MAX, _AUTO_BUDGET = 10, 1000, 0.005
+
+
+def adaptive_period(cost_s: float, interval_s: float) -> int:
+    """Every how many steps to measure, for the host time of one measurement (`cost_s`) to stay within
+    _AUTO_BUDGET of the host time between steps (`interval_s`), between every _AUTO_START and _AUTO_MAX."""
+    if not interval_s > 0:
+        return _AUTO_START
+    return min(max(math.ceil(cost_s / (_AUTO_BUDGET * interval_s)), _AUTO_START), _AUTO_MAX)
+
+
 def _lr_value(lr: Any) -> Any:
     return lr.detach().clone() if isinstance(lr, torch.Tensor) else float(lr)
 
 
 class OptimizerWatch:
     def __init__(self, optimizer: torch.optim.Optimizer, *, model: torch.nn.Module | None = None,
-                 scaler: Any = None, every: int = 10, epoch_fn=None, start_step: int = 0,
+                 scaler: Any = None, every: int | None = None, epoch_fn=None, start_step: int = 0,
                  start_attempt: int = 0):
         if not isinstance(optimizer, torch.optim.Optimizer):
             raise TypeError(f"watch() needs a torch.optim.Optimizer; got {type(optimizer).__name__}")
-        if every < 0:
-            raise ValueError(f"watch() needs every >= 0 (0 turns update norms off); got {every}")
+        if every is not None and (not isinstance(every, int) or every < 0):
+            raise ValueError(f"watch() needs every >= 0 (0 turns update norms off; None adapts); got {every!r}")
         self.optimizer = optimizer
-        self.every = every
+        self.every = every                # None: adaptive (see adaptive_period)
+        self._period = _AUTO_START if every is None else every
+        self._next = start_step           # the next step measured
+        self._last_pre: float | None = None
+        self._interval: float | None = None   # host seconds between steps, smoothed
+        self._cost = 0.0                  # host seconds spent measuring the current sampled step
         self._epoch_fn = epoch_fn
         self.params = [p for g in optimizer.param_groups for p in g["params"]]
         names = {id(p): n for n, p in model.named_parameters()} if model is not None else {}
@@ -112,11 +134,17 @@ class OptimizerWatch:
 
     def _sampled(self) -> bool:
         """Whether the coming step is one whose raw gradient and update norms are measured."""
-        return self.every > 0 and self.step % self.every == 0
+        return self._period > 0 and self.step >= self._next
 
     def _pre(self, optimizer, args, kwargs) -> tuple[tuple, dict] | None:
+        start = time.perf_counter()
+        if self._last_pre is not None:
+            interval = start - self._last_pre
+            self._interval = interval if self._interval is None else 0.9 * self._interval + 0.1 * interval
+        self._last_pre = start
         if self._sampled():
             self._before = [p.detach().clone() for p in self.params]
+            self._cost = time.perf_counter() - start
         # args is (optimizer, *step arguments): the closure, if any, is the first step argument
         closure = kwargs.get("closure", args[1] if len(args) > 1 else None)
         if closure is None:
@@ -154,6 +182,7 @@ class OptimizerWatch:
         self._attempts += 1
         row = self._row(skipped=False)
         if self._before is not None:
+            start = time.perf_counter()
             params = [p.detach() for p in self.params]
             deltas = torch._foreach_sub(params, self._before)
             d_norms = torch._foreach_norm(deltas)
@@ -168,6 +197,10 @@ class OptimizerWatch:
                 "grad_norm": torch.stack([g.float().to(update_norms.device) for g in g_norms]),
             })
             self._before = None
+            self._cost += time.perf_counter() - start
+            if self.every is None:
+                self._period = adaptive_period(self._cost, self._interval or 0.0)
+            self._next = self.step + self._period
         self.rows.append(row)
         self.step += 1
 

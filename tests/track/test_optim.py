@@ -160,3 +160,39 @@ def test_a_closure_step_reads_like_the_same_step_without_one(tmp_path):
     without, _ = _closure_run(tmp_path / "b", "sgd", use_closure=False)
     for column in ("grad_norm", "grad_norm_raw", "update_ratio"):
         np.testing.assert_allclose(with_closure[column], without[column], rtol=1e-5)
+
+
+def test_the_adaptive_period_keeps_measuring_within_its_share_of_the_step():
+    from dataaudit.track.optim import adaptive_period
+
+    assert adaptive_period(1e-5, 1e-1) == 10            # cheap next to the step: every 10 steps
+    assert adaptive_period(0.5e-3, 1e-2) == 10          # 5% of a step, every 10: 0.5%
+    assert adaptive_period(2.5e-3, 1e-2) == 50          # 25% of a step: every 50
+    assert adaptive_period(10.0, 1e-3) == 1000          # never sparser than every 1,000
+    assert adaptive_period(1e-3, 0.0) == 10             # no interval seen yet
+
+
+def test_by_default_measured_steps_thin_out_where_measuring_is_dear(run_dir, monkeypatch):
+    from dataaudit.track import optim
+
+    monkeypatch.setattr(optim, "_AUTO_BUDGET", 1e-12)  # any measurement is dear: the period goes to its cap
+    X, y = blobs(n=64)
+    model = torch.nn.Linear(X.shape[1], int(y.max()) + 1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    loader = DataLoader(TensorDataset(torch.as_tensor(X), torch.as_tensor(y)), batch_size=4)
+    with dataaudit.Tracker(run_dir) as tracker:
+        tracker.watch(opt, model=model)
+        wrapped = tracker.wrap(loader)
+        for _ in range(2):
+            for xb, yb in wrapped:
+                logits = model(xb)
+                losses = F.cross_entropy(logits, yb, reduction="none")
+                tracker.record(losses, logits=logits, targets=yb)
+                opt.zero_grad()
+                losses.mean().backward()
+                opt.step()
+    steps = dataaudit.load_run(run_dir).steps
+    assert len(steps) == 32
+    # step 0 has no interval to judge by yet: every 10 steps, then every 1,000
+    assert steps.loc[steps["update_ratio"].notna(), "step"].tolist() == [0, 10]
+    assert dataaudit.load_run(run_dir).meta["optimizer"]["update_every"] == "adaptive"
