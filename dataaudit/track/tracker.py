@@ -89,7 +89,7 @@ class Tracker:
     """
 
     def __init__(self, run_dir: str | os.PathLike, *, flush_rows: int | None = None, sketch_dim: int = 32,
-                 sketch_rows: int = 4096, reservoir: int = 1024, max_prob_classes: int = 32,
+                 sketch_rows: int = 2048, reservoir: int = 1024, max_prob_classes: int = 32,
                  top_k_probs: int = 8, rank: int | None = None, seed: int = 0):
         for name, value in (("flush_rows", flush_rows or 1), ("sketch_dim", sketch_dim), ("reservoir", reservoir),
                             ("sketch_rows", sketch_rows)):
