@@ -39,6 +39,7 @@ def bench(session: nox.Session) -> None:
     session.install("-e", ".[test]")
     session.run("python", "-c", "import time; t = time.perf_counter(); import dataaudit; "
                 "print(f'import dataaudit: {time.perf_counter() - t:.2f} s (target < 1 s)')")
+    session.run("python", "benchmarks/bench_latency.py")  # --help, import, analyze of the demo run
     session.run("python", "benchmarks/bench_overhead.py")
     session.run("python", "benchmarks/bench_scale.py")
     session.run("python", "benchmarks/bench_neighbors.py")  # scan's neighbour search: before/after, same results
