@@ -218,13 +218,14 @@ def _compute_update_ratio(ratio: np.ndarray) -> dict[str, Any]:
 
 
 def _compute_clipping(clipped: np.ndarray, norm: np.ndarray, raw: np.ndarray,
-                      skipped: np.ndarray) -> dict[str, Any]:
+                      skipped: np.ndarray, with_norm: np.ndarray | None = None) -> dict[str, Any]:
     """Share of steps whose gradient clipping cut, on the measured steps (exact) when there are enough.
 
-    clipped, skipped : bool arrays of shape (s,); norm, raw : gradient norms after / before clipping (s,).
+    clipped, skipped : bool arrays of shape (s,); norm, raw : gradient norms after / before clipping (s,);
+    with_norm : bool (s,), the steps whose norm was measured (default: all), the only ones judged otherwise.
     """
     measured = np.isfinite(raw) & ~skipped
-    pool = measured if measured.sum() >= MIN_WINDOW else ~skipped
+    pool = measured if measured.sum() >= MIN_WINDOW else ~skipped & (True if with_norm is None else with_norm)
     out: dict[str, Any] = {"always": False, "share": None, "threshold": None, "typical_raw": None,
                            "scaled_down": None}
     if pool.sum() < MIN_WINDOW:
@@ -238,13 +239,16 @@ def _compute_clipping(clipped: np.ndarray, norm: np.ndarray, raw: np.ndarray,
     return out
 
 
-def _compute_gradients(norm: np.ndarray, raw: np.ndarray, loss: np.ndarray, skipped: np.ndarray) -> dict[str, Any]:
+def _compute_gradients(norm: np.ndarray, raw: np.ndarray, loss: np.ndarray, skipped: np.ndarray,
+                       measured: np.ndarray | None = None) -> dict[str, Any]:
     """Vanishing or exploding gradients from the gradient norms of the steps taken.
 
     norm, raw, loss : float arrays of shape (s,) (raw: before clipping, NaN where not measured;
-    loss: the batch mean loss); skipped : bool (s,). Early and late are the first and last tenth.
+    loss: the batch mean loss); skipped : bool (s,); measured : bool (s,), the steps whose norm was measured
+    (default: all). Early and late are the first and last tenth.
     """
-    taken = ~skipped
+    loss_taken = ~skipped
+    taken = loss_taken if measured is None else loss_taken & measured  # steps taken whose norm is known
     out: dict[str, Any] = {"vanishing": False, "exploding": False, "nonfinite_steps": 0,
                            "early": None, "late": None, "median": None}
     # A step taken with a non-finite gradient wrote NaN/inf into the weights (a skipped one did not).
@@ -259,7 +263,7 @@ def _compute_gradients(norm: np.ndarray, raw: np.ndarray, loss: np.ndarray, skip
     k = _window(len(g))
     early, late = float(np.median(g[:k])), float(np.median(g[-k:]))
     out.update(early=early, late=late, median=float(np.median(g)))
-    lf = loss[taken & np.isfinite(loss)]
+    lf = loss[loss_taken & np.isfinite(loss)]
     loss_stuck = None
     if len(lf) >= 2 * MIN_WINDOW:
         kl = _window(len(lf))
@@ -342,6 +346,9 @@ def _compute_optimizer(steps: pd.DataFrame, layers: pd.DataFrame, *, epoch_loss:
     step_epoch = steps["epoch"].to_numpy(dtype=np.int64)
     norm = steps["grad_norm"].to_numpy(dtype=np.float64)
     raw = steps["grad_norm_raw"].to_numpy(dtype=np.float64)
+    # runs captured before the gradient norm could be sampled measured it on every step taken
+    measured = (steps["grad_measured"].to_numpy(dtype=bool) if "grad_measured" in steps
+                else np.ones(len(steps), dtype=bool))
     step_loss = steps["loss"].to_numpy(dtype=np.float64)
     signals: list[str] = []
     findings: list[Finding] = []
@@ -433,7 +440,7 @@ def _compute_optimizer(steps: pd.DataFrame, layers: pd.DataFrame, *, epoch_loss:
              strength_=min(1.0, math.log10(UPDATE_RATIO_TINY / max(ratio["median"], 1e-30)) / 2 + 0.5))
 
     # --- clipping
-    clip = _compute_clipping(steps["clipped"].to_numpy(dtype=bool), norm, raw, skipped)
+    clip = _compute_clipping(steps["clipped"].to_numpy(dtype=bool), norm, raw, skipped, measured)
     if clip["always"]:
         scaled = "" if clip["scaled_down"] is None else (
             f": a threshold of {clip['threshold']:.3g} against a typical norm of {clip['typical_raw']:.3g} "
@@ -446,7 +453,7 @@ def _compute_optimizer(steps: pd.DataFrame, layers: pd.DataFrame, *, epoch_loss:
               "scaled_down": clip["scaled_down"]})
 
     # --- gradients
-    grads = _compute_gradients(norm, raw, step_loss, skipped)
+    grads = _compute_gradients(norm, raw, step_loss, skipped, measured)
     if grads["vanishing"]:
         fire("vanishing_gradients", "warning",
              f"The gradient norm fell from {grads['early']:.2g} to {grads['late']:.2g} while the loss stayed at "

@@ -48,12 +48,16 @@ def _norm(tensors: list[torch.Tensor]) -> torch.Tensor:
 _AUTO_START, _AUTO_MAX, _AUTO_BUDGET = 10, 1000, 0.005
 
 
-def adaptive_period(cost_s: float, interval_s: float) -> int:
+# The gradient norm of every step, unless it costs more than _AUTO_BUDGET of the step: then every k steps, k <= 20.
+_NORM_MAX = 20
+
+
+def adaptive_period(cost_s: float, interval_s: float, *, start: int = _AUTO_START, cap: int = _AUTO_MAX) -> int:
     """Every how many steps to measure, for the host time of one measurement (`cost_s`) to stay within
-    _AUTO_BUDGET of the host time between steps (`interval_s`), between every _AUTO_START and _AUTO_MAX."""
+    _AUTO_BUDGET of the host time between steps (`interval_s`), between every `start` and every `cap` steps."""
     if not interval_s > 0:
-        return _AUTO_START
-    return min(max(math.ceil(cost_s / (_AUTO_BUDGET * interval_s)), _AUTO_START), _AUTO_MAX)
+        return start
+    return min(max(math.ceil(cost_s / (_AUTO_BUDGET * interval_s)), start), cap)
 
 
 def _lr_value(lr: Any) -> Any:
@@ -75,6 +79,7 @@ class OptimizerWatch:
         self._last_pre: float | None = None
         self._interval: float | None = None   # host seconds between steps, smoothed
         self._cost = 0.0                  # host seconds spent measuring the current sampled step
+        self._norm_next = start_step      # adaptive: the next step whose gradient norm is measured
         self._epoch_fn = epoch_fn
         self.params = [p for g in optimizer.param_groups for p in g["params"]]
         names = {id(p): n for n, p in model.named_parameters()} if model is not None else {}
@@ -168,8 +173,15 @@ class OptimizerWatch:
         return (args[0], measuring_closure, *args[2:]), kwargs
 
     def _measure(self) -> None:
-        """Norms of the gradients as they are now, the ones the coming update uses."""
-        self._grad_norm = _norm([p.grad for p in self.params if p.grad is not None])
+        """Norms of the gradients as they are now, the ones the coming update uses: every step, or with
+        every=None on the sampled steps and every step that `adaptive_period` allows (small models on a CPU)."""
+        self._grad_norm = None
+        if self.every is not None or self._sampled() or self.step >= self._norm_next:
+            start = time.perf_counter()
+            self._grad_norm = _norm([p.grad for p in self.params if p.grad is not None])
+            if self.every is None:
+                cost = time.perf_counter() - start
+                self._norm_next = self.step + adaptive_period(cost, self._interval or 0.0, start=1, cap=_NORM_MAX)
         self._raw_norm = self._raw
         if self._raw is not None:
             if self.scaler is not None and getattr(self.scaler, "_scale", None) is not None:
@@ -258,6 +270,8 @@ def _steps_table(rows: list[dict]) -> pa.Table | None:
         "skipped": np.array([r["skipped"] for r in rows], dtype=bool),
         "loss": _host([None if r["loss"] is None else r["loss"].mean() for r in rows]),
         "grad_norm": _host([r.get("grad_norm") for r in rows]),
+        # False where the gradient norm was not measured (skipped steps; between measured ones, see _measure)
+        "grad_measured": np.array([r.get("grad_norm") is not None for r in rows], dtype=bool),
         "grad_norm_raw": _host([r.get("grad_norm_raw") for r in rows]),
         "update_ratio": _host([r.get("update_ratio") for r in rows]),
     }

@@ -330,3 +330,15 @@ def test_without_telemetry_the_check_is_skipped_with_no_signals(run_dir):
     for run in (dataaudit.load_run(run_dir), Run.from_arrays(np.array([0, 1]), np.array([[0.9, 0.1], [0.2, 0.8]]))):
         result = optimizer.check(run)
         assert result.status == "skipped" and result.details["signals"] == []
+
+
+def test_steps_whose_gradient_norm_was_not_measured_are_neither_nonfinite_nor_judged():
+    s = 200
+    norm = np.where(np.arange(s) % 5 == 0, np.geomspace(1.0, 1e-5, s), np.nan)   # measured every 5th step
+    measured = np.isfinite(norm)
+    loss = np.full(s, 2.0)
+    skipped = np.zeros(s, bool)
+    sampled = _compute_gradients(norm, np.full(s, np.nan), loss, skipped, measured)
+    assert sampled["nonfinite_steps"] == 0 and sampled["vanishing"]
+    # the same NaNs on steps said to be measured are non-finite gradients
+    assert _compute_gradients(norm, np.full(s, np.nan), loss, skipped)["nonfinite_steps"] == s - measured.sum()

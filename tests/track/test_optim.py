@@ -196,3 +196,28 @@ def test_by_default_measured_steps_thin_out_where_measuring_is_dear(run_dir, mon
     # step 0 has no interval to judge by yet: every 10 steps, then every 1,000
     assert steps.loc[steps["update_ratio"].notna(), "step"].tolist() == [0, 10]
     assert dataaudit.load_run(run_dir).meta["optimizer"]["update_every"] == "adaptive"
+
+
+def test_by_default_the_gradient_norm_thins_out_where_it_is_dear_and_says_so(run_dir, monkeypatch):
+    from dataaudit.track import optim
+
+    monkeypatch.setattr(optim, "_AUTO_BUDGET", 1e-12)  # every measurement is dear: every _NORM_MAX steps
+    X, y = blobs(n=64)
+    model = torch.nn.Linear(X.shape[1], int(y.max()) + 1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    loader = DataLoader(TensorDataset(torch.as_tensor(X), torch.as_tensor(y)), batch_size=2)
+    with dataaudit.Tracker(run_dir) as tracker:
+        tracker.watch(opt, model=model)
+        for xb, yb in tracker.wrap(loader):
+            logits = model(xb)
+            losses = F.cross_entropy(logits, yb, reduction="none")
+            tracker.record(losses, logits=logits, targets=yb)
+            opt.zero_grad()
+            losses.mean().backward()
+            opt.step()
+    steps = dataaudit.load_run(run_dir).steps
+    measured = steps["grad_measured"].to_numpy()
+    assert np.isfinite(steps["grad_norm"].to_numpy()).tolist() == measured.tolist()
+    # step 0 has no interval to judge by, so step 1 is measured too; then every _NORM_MAX (20) steps from the
+    # last measured one, and on the steps sampled for update norms (0, 10, then every 1,000)
+    assert steps.loc[measured, "step"].tolist() == [0, 1, 10, 30]
