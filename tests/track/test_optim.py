@@ -172,18 +172,16 @@ def test_the_adaptive_period_keeps_measuring_within_its_share_of_the_step():
     assert adaptive_period(1e-3, 0.0) == 10             # no interval seen yet
 
 
-def test_by_default_measured_steps_thin_out_where_measuring_is_dear(run_dir, monkeypatch):
-    from dataaudit.track import optim
-
-    monkeypatch.setattr(optim, "_AUTO_BUDGET", 1e-12)  # any measurement is dear: the period goes to its cap
+def _train_linear(run_dir, *, batch_size: int, epochs: int = 1) -> None:
+    """A linear model on 64 blobs, tracked and watched with the default (adaptive) cadence."""
     X, y = blobs(n=64)
     model = torch.nn.Linear(X.shape[1], int(y.max()) + 1)
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    loader = DataLoader(TensorDataset(torch.as_tensor(X), torch.as_tensor(y)), batch_size=4)
+    loader = DataLoader(TensorDataset(torch.as_tensor(X), torch.as_tensor(y)), batch_size=batch_size)
     with dataaudit.Tracker(run_dir) as tracker:
         tracker.watch(opt, model=model)
         wrapped = tracker.wrap(loader)
-        for _ in range(2):
+        for _ in range(epochs):
             for xb, yb in wrapped:
                 logits = model(xb)
                 losses = F.cross_entropy(logits, yb, reduction="none")
@@ -191,6 +189,13 @@ def test_by_default_measured_steps_thin_out_where_measuring_is_dear(run_dir, mon
                 opt.zero_grad()
                 losses.mean().backward()
                 opt.step()
+
+
+def test_by_default_measured_steps_thin_out_where_measuring_is_dear(run_dir, monkeypatch):
+    from dataaudit.track import optim
+
+    monkeypatch.setattr(optim, "_AUTO_BUDGET", 1e-12)  # any measurement is dear: the period goes to its cap
+    _train_linear(run_dir, batch_size=4, epochs=2)
     steps = dataaudit.load_run(run_dir).steps
     assert len(steps) == 32
     # step 0 has no interval to judge by yet: every 10 steps, then every 1,000
@@ -202,19 +207,7 @@ def test_by_default_the_gradient_norm_thins_out_where_it_is_dear_and_says_so(run
     from dataaudit.track import optim
 
     monkeypatch.setattr(optim, "_AUTO_BUDGET", 1e-12)  # every measurement is dear: every _NORM_MAX steps
-    X, y = blobs(n=64)
-    model = torch.nn.Linear(X.shape[1], int(y.max()) + 1)
-    opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    loader = DataLoader(TensorDataset(torch.as_tensor(X), torch.as_tensor(y)), batch_size=2)
-    with dataaudit.Tracker(run_dir) as tracker:
-        tracker.watch(opt, model=model)
-        for xb, yb in tracker.wrap(loader):
-            logits = model(xb)
-            losses = F.cross_entropy(logits, yb, reduction="none")
-            tracker.record(losses, logits=logits, targets=yb)
-            opt.zero_grad()
-            losses.mean().backward()
-            opt.step()
+    _train_linear(run_dir, batch_size=2)
     steps = dataaudit.load_run(run_dir).steps
     measured = steps["grad_measured"].to_numpy()
     assert np.isfinite(steps["grad_norm"].to_numpy()).tolist() == measured.tolist()
