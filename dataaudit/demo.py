@@ -22,11 +22,14 @@ def digits_with_noise(noise_rate: float = 0.2, seed: int = 0) -> tuple[np.ndarra
 
 def train_mlp(run_dir: str | Path | None, X: np.ndarray, y: np.ndarray, *, epochs: int = 3, batch_size: int = 32,
               lr: float = 1e-2, hidden: int = 32, depth: int = 1, seed: int = 0, loader_kwargs: dict | None = None,
-              transform: Callable | None = None, watch: bool = True, clip: float | None = None,
+              transform: Callable | None = None, watch: bool = True, every: int | None = 10,
+              clip: float | None = None,
               progress: bool | None = False, **tracker_kwargs):
     """Train an MLP with `depth` hidden layers on (X, y) with Adam, tracked into run_dir (untracked when None).
 
     transform(epoch, x) -> x, when given, is applied to each batch after the loader.
+    every : `Tracker.watch(every=)`; a fixed cadence by default, so that the run does not depend on the
+        machine's speed (None: the adaptive one).
     progress : a progress line of the epochs on stderr (True), only on a terminal (None), or none (False).
     Returns the trained model.
     """
@@ -51,7 +54,7 @@ def train_mlp(run_dir: str | Path | None, X: np.ndarray, y: np.ndarray, *, epoch
     if tracker is not None:
         loader = tracker.wrap(loader)
         if watch:
-            tracker.watch(opt, model=model)
+            tracker.watch(opt, model=model, every=every)
     bar = Progress(epochs, "training", enabled=progress, unit="epochs")
     for epoch in range(epochs):
         bar.step(f"epoch {epoch}")
