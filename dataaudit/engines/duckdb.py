@@ -104,8 +104,11 @@ def analyze_records(run_dir: str | Path, *, split: str = "train", memory_limit: 
 
     listing = list_records(run_dir, split)
     own_temp = temp_directory is None
-    temp = Path(tempfile.mkdtemp(prefix="dataaudit-duckdb-")) if own_temp else Path(temp_directory)
-    work = Path(tempfile.mkdtemp(prefix="work-", dir=temp)) if not own_temp else temp
+    if own_temp:
+        work = Path(tempfile.mkdtemp(prefix="dataaudit-duckdb-"))
+    else:  # the caller's folder: a fresh one inside it, removed afterwards
+        Path(temp_directory).mkdir(parents=True, exist_ok=True)
+        work = Path(tempfile.mkdtemp(prefix="work-", dir=temp_directory))
     try:
         con = connect(work, memory_limit=memory_limit, threads=threads)
         try:
@@ -205,8 +208,8 @@ def records_view(con, listing: Listing) -> None:
         parts.append(f"SELECT {f} * {ROW_SHIFT} + file_row_number AS k, {columns}{extra} "
                      f"FROM read_parquet({_quote(str(path))}, file_row_number = true)")
     if not parts:  # no committed records: an empty view of the same columns
-        parts = [f"SELECT 0::BIGINT AS k, 0::BIGINT AS epoch, 0::BIGINT AS sample_id, true AS recorded, "
-                 f"0::FLOAT AS loss, 0::FLOAT AS margin, 0::BIGINT AS label, 0::BIGINT AS pred"
+        parts = ["SELECT 0::BIGINT AS k, 0::BIGINT AS epoch, 0::BIGINT AS sample_id, true AS recorded, "
+                 "0::FLOAT AS loss, 0::FLOAT AS margin, 0::BIGINT AS label, 0::BIGINT AS pred"
                  + "".join(f", NULL::FLOAT AS {c}" for c in sorted(listing.optional)) + " WHERE false"]
     con.execute("CREATE VIEW raw_records AS " + "\nUNION ALL ".join(parts))
     loss = "loss"

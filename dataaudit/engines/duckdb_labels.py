@@ -47,8 +47,8 @@ _SAMPLE_COLUMNS = ["sample_id", "label", "aum", "mean_loss", "epochs_drawn", "pr
 _ISSUE_COLUMNS = ["sample_id", "label", "suggested_label", "aum"]
 
 
-def label_statistics(con, listing, *, window: tuple[int, int] | None = None,
-                     samples_path: str | Path | None = None) -> tuple[dict[str, Any], pd.DataFrame | Path, pd.DataFrame]:
+def label_statistics(con, listing, *, window: tuple[int, int] | None = None, samples_path: str | Path | None = None,
+                     ) -> tuple[dict[str, Any], pd.DataFrame | Path, pd.DataFrame]:
     """(details, per-sample table or the Parquet file it went to, candidate mislabeled samples).
 
     The per-sample table, one row per sample with a kept row: sample_id, label (its last), aum (mean over the
