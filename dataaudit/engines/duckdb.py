@@ -199,19 +199,25 @@ def list_records(run_dir: str | Path, split: str = "train") -> Listing:
 def records_view(con, listing: Listing) -> None:
     """Create the view `records`: every listed file's rows, with `k`, their order (file, then row), and the
     loss as `load_run` reads it (less the soft targets' entropy, where the losses are cross-entropies)."""
-    columns = ("epoch::BIGINT AS epoch, sample_id::BIGINT AS sample_id, recorded, loss, margin, "
-               "greatest(label, -1)::BIGINT AS label, greatest(pred, -1)::BIGINT AS pred")
-    parts = []
-    for f, (_, path) in enumerate(listing.files):
-        extra = "".join(f", {c}" if c in store.read_schema(path, "records").names else f", NULL::FLOAT AS {c}"
-                        for c in sorted(listing.optional))
-        parts.append(f"SELECT {f} * {ROW_SHIFT} + file_row_number AS k, {columns}{extra} "
-                     f"FROM read_parquet({_quote(str(path))}, file_row_number = true)")
-    if not parts:  # no committed records: an empty view of the same columns
-        parts = ["SELECT 0::BIGINT AS k, 0::BIGINT AS epoch, 0::BIGINT AS sample_id, true AS recorded, "
-                 "0::FLOAT AS loss, 0::FLOAT AS margin, 0::BIGINT AS label, 0::BIGINT AS pred"
-                 + "".join(f", NULL::FLOAT AS {c}" for c in sorted(listing.optional)) + " WHERE false"]
-    con.execute("CREATE VIEW raw_records AS " + "\nUNION ALL ".join(parts))
+    optional = "".join(f", {c}" for c in sorted(listing.optional))
+    if listing.files:
+        # One scan of the listed files: a UNION ALL of one scan per file ran out of memory at 320 files
+        # (10^6 x 20) where the single scan spills. A file's place in the order comes from a join on its name.
+        paths = [str(path) for _, path in listing.files]
+        con.execute("CREATE TABLE files AS SELECT unnest(?::VARCHAR[]) AS filename, unnest(range(?)) AS f",
+                    [paths, len(paths)])
+        con.execute(f"""
+            CREATE VIEW raw_records AS
+            SELECT f * {ROW_SHIFT} + file_row_number AS k, epoch::BIGINT AS epoch, sample_id::BIGINT AS sample_id,
+                   recorded, loss, margin, greatest(label, -1)::BIGINT AS label,
+                   greatest(pred, -1)::BIGINT AS pred{optional}
+            FROM read_parquet({_quote_list(paths)}, file_row_number = true, filename = true,
+                              hive_partitioning = false, union_by_name = true)
+            JOIN files USING (filename)""")
+    else:  # no committed records: an empty view of the same columns
+        con.execute("CREATE VIEW raw_records AS SELECT 0::BIGINT AS k, 0::BIGINT AS epoch, 0::BIGINT AS sample_id, "
+                    "true AS recorded, 0::FLOAT AS loss, 0::FLOAT AS margin, 0::BIGINT AS label, 0::BIGINT AS pred"
+                    + "".join(f", NULL::FLOAT AS {c}" for c in sorted(listing.optional)) + " WHERE false")
     loss = "loss"
     if "target_entropy" in listing.optional:
         entropy = "CASE WHEN isnan(target_entropy) OR target_entropy IS NULL THEN 0::FLOAT ELSE target_entropy END"
@@ -290,6 +296,10 @@ def class_tables(con, listing: Listing) -> tuple[pd.DataFrame, pd.DataFrame]:
 
 def _quote(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
+
+
+def _quote_list(texts: list[str]) -> str:
+    return "[" + ", ".join(_quote(t) for t in texts) + "]"
 
 
 def _ints(values) -> str:
