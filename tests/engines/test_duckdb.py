@@ -153,6 +153,42 @@ def test_soft_targets_are_read_as_load_run_reads_them(tmp_path):
 
 
 @needs_duckdb
+def test_an_epoch_broken_off_counts_in_coverage_only(tmp_path):
+    """The loop breaks out of its last pass: that epoch is committed incomplete, left out of the curve and labels."""
+    import torch
+    import torch.nn.functional as F
+    from torch.utils.data import DataLoader, TensorDataset
+
+    import dataaudit
+
+    torch.manual_seed(0)
+    X, y = _noisy_blobs(n=240, k=3)
+    model = torch.nn.Linear(8, 3)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with dataaudit.Tracker(tmp_path / "run", max_prob_classes=2, top_k_probs=0) as tracker:
+        loader = tracker.wrap(DataLoader(TensorDataset(torch.from_numpy(X), torch.from_numpy(y)), batch_size=40,
+                                         shuffle=True, generator=torch.Generator().manual_seed(0)))
+        for epoch in range(5):
+            for b, (xb, yb) in enumerate(loader):
+                if epoch == 4 and b == 2:
+                    break
+                losses = F.cross_entropy(model(xb), yb, reduction="none")
+                tracker.record(losses, logits=model(xb), targets=yb)
+                opt.zero_grad()
+                losses.mean().backward()
+                opt.step()
+    run = load_run(tmp_path / "run")
+    assert run.train.complete_epochs == [0, 1, 2, 3] and 4 in run.train.epochs  # the case tested
+    result = _analyze(tmp_path / "run")
+    _assert_same_records_analysis(result, run)
+    assert result.coverage["complete"].tolist() == [True] * 4 + [False]
+    assert result.curve["epoch"].tolist() == [0, 1, 2, 3]
+    check = labels.check(run)
+    assert result.labels["window"] == check.details["window"]
+    assert result.label_issues["sample_id"].tolist() == check.details["label_issues"]
+
+
+@needs_duckdb
 def test_only_listed_files_count(margin_run, tmp_path):
     copy = shutil.copytree(margin_run, tmp_path / "run")
     part = next((copy / "records" / "split=train" / "epoch=2" / "rank=0").glob("*.parquet"))
