@@ -19,7 +19,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_scale import capture  # noqa: E402
+from bench_scale import CLASSES, NOISE, capture  # noqa: E402
 
 # Peak resident memory of this process: VmHWM, the high-water mark of its own address space. Not ru_maxrss:
 # subprocess starts the child with vfork, and Linux carries the parent's peak (here torch and the captured
@@ -103,6 +103,7 @@ def measure_in_memory(run_dir: Path, work: Path) -> dict:
 
     result = _child(_IN_MEMORY, str(run_dir), str(work / "memory"))
     memory_issues = set(result.pop("label_issues"))
+    (work / "memory.issues.json").write_text(json.dumps(sorted(memory_issues)))
     duck_issues = set(pd.read_parquet(work / "samples.parquet.issues.parquet")["sample_id"].tolist())
     curve_duck = pd.read_json(work / "samples.parquet.curve.json")
     curve_mem = pd.read_json(work / "memory.curve.json")
@@ -118,6 +119,28 @@ def measure_in_memory(run_dir: Path, work: Path) -> dict:
         "issues_in_memory": len(memory_issues), "issues_duckdb": len(duck_issues),
         "issues_common": len(memory_issues & duck_issues),
     }
+
+
+def planted(work: Path, n: int, seed: int = 0) -> set[int] | None:
+    """The ids whose labels bench_scale's capture flipped (its first draws, replayed), or None when the run's
+    labels are not the replayed ones (a run captured otherwise)."""
+    import pandas as pd
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    true = torch.randint(0, CLASSES, (n,), generator=g)
+    flip = torch.rand(n, generator=g) < NOISE
+    given = torch.where(flip, (true + torch.randint(1, CLASSES, (n,), generator=g)) % CLASSES, true)
+    samples = pd.read_parquet(work / "samples.parquet", columns=["sample_id", "label"])
+    if len(samples) != n or not (given.numpy()[samples["sample_id"].to_numpy()] == samples["label"].to_numpy()).all():
+        return None
+    return set(torch.nonzero(flip).flatten().tolist())
+
+
+def _prf(found: set[int], truth: set[int]) -> str:
+    hit = len(found & truth)
+    precision, recall = hit / max(len(found), 1), hit / max(len(truth), 1)
+    return f"precision {precision:.3f}, recall {recall:.3f}"
 
 
 def main() -> None:
@@ -144,10 +167,19 @@ def main() -> None:
             row = {"memory_limit": limit, **measure_duckdb(run_dir, limit, args.threads, work)}
             print(json.dumps(row), file=sys.stderr, flush=True)
             rows.append(row)
-        memory = {}
-        if in_memory:
-            memory = measure_in_memory(run_dir, work)
+        memory = measure_in_memory(run_dir, work) if in_memory else {}
+        if memory:
             print(json.dumps(memory), file=sys.stderr, flush=True)
+        truth = planted(work, args.n)
+        scores = ""
+        if truth is not None:
+            import pandas as pd
+
+            duck = set(pd.read_parquet(work / "samples.parquet.issues.parquet")["sample_id"].tolist())
+            scores = f"against the {len(truth):,} planted flips: duckdb (margin rule) {_prf(duck, truth)}"
+            if memory:
+                found = set(json.loads((work / "memory.issues.json").read_text()))
+                scores += f"; in-memory analyze {_prf(found, truth)}"
 
     print(f"\nrun: {args.n:,} samples x {args.epochs} epochs, records store {store_mb:,.0f} MB on disk "
           f"({rows[0]['files']} files, {rows[0]['rows']:,} rows); DuckDB threads={args.threads}")
@@ -161,8 +193,9 @@ def main() -> None:
         print(f"agreement: curve loss max |diff| {memory['curve_loss_max_diff']:.2e}, accuracy "
               f"{memory['curve_accuracy_max_diff']:.2e}, coverage equal: {memory['coverage_equal']}; "
               f"label candidates in both: {memory['issues_common']:,}")
-    print("DuckDB's figures include writing the per-sample table to Parquet")
-
+    if scores:
+        print(scores)
+    print("DuckDB's figures include writing the per-sample table to Parquet; peak RSS is each child's VmHWM")
 
 if __name__ == "__main__":
     main()
