@@ -234,6 +234,16 @@ def test_damaged_run_and_bad_settings_are_named(margin_run, tmp_path):
         analyze_records(margin_run, memory_limit="lots")
 
 
+@needs_duckdb
+def test_empty_run_gives_empty_tables(tmp_path):
+    import dataaudit
+
+    dataaudit.Tracker(tmp_path / "run").close()
+    result = _analyze(tmp_path / "run")
+    assert result.curve.empty and result.coverage.empty and result.classes.empty and result.label_issues.empty
+    assert "skipped" in result.labels
+
+
 def test_missing_duckdb_names_the_extra(monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "duckdb", None)  # import duckdb then raises ImportError
     from dataaudit.engines.duckdb import duckdb_module
