@@ -17,6 +17,10 @@ computes in SQL what the checks read of the records:
 
 DuckDB holds at most `memory_limit` in memory and spills the rest to `temp_directory`, so the store may be many
 times larger than memory. Needs the optional extra: pip install 'dataaudit[duckdb]'.
+
+Not computed here: confident learning (cleanlab, on stored probabilities), the order hash of each epoch's draws,
+the checks of the sketch, step and layer tables and of the validation split, probes; nor are the files' values
+checked as `load_run` checks them (epochs of their partition, labels below num_classes).
 """
 from __future__ import annotations
 
@@ -118,12 +122,12 @@ def analyze_records(run_dir: str | Path, *, split: str = "train", memory_limit: 
             classes, class_loss = class_tables(con, listing)
             labels, samples, issues = duckdb_labels.label_statistics(con, listing, window=window,
                                                                      samples_path=samples_path)
-            rows = con.execute("SELECT count(*) FROM records").fetchone()[0]
         finally:
             con.close()
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    settings = {"memory_limit": memory_limit, "threads": threads, "files": len(listing.files), "rows": int(rows)}
+    settings = {"memory_limit": memory_limit, "threads": threads, "files": len(listing.files),
+                "rows": int(coverage["seen"].sum())}
     return RecordAnalysis(curve, coverage, classes, class_loss, samples, issues, labels, settings)
 
 
