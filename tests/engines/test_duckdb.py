@@ -216,6 +216,10 @@ def test_per_sample_table_to_parquet_and_a_given_window(margin_run, tmp_path):
     np.testing.assert_allclose(samples["aum"], aum.sort_index(), rtol=1e-6)
     np.testing.assert_allclose(samples["mean_loss"], loss.sort_index(), rtol=1e-6)
     assert (samples["epochs_drawn"] == 3).all()
+    hits = (inside["pred"] == inside["label"]).groupby(inside["sample_id"]).mean()
+    np.testing.assert_allclose(samples["predicted_as_label"], hits.sort_index())
+    last = records.groupby("sample_id")["label"].last()  # one row per (epoch, sample): the last epoch's label
+    assert samples["label"].tolist() == last.sort_index().tolist()
     with pytest.raises(ValueError, match="window"):
         _analyze(margin_run, window=(5, 2))
 
