@@ -2,10 +2,11 @@
 
 Builds (or reuses, with --keep DIR) bench_scale's synthetic run (10 classes, 10% of the labels flipped,
 probabilities stored) and times `dataaudit.engines.duckdb.analyze_records` in a fresh subprocess with
-DuckDB's memory limited (default 1 GB) and its threads limited, measuring its wall time, peak resident memory
-(the child's VmHWM) and the most disk its spill folder held. Then, where the run fits (--in-memory,
-on by default up to 2*10^7 rows), `dataaudit.analyze` on the same run, measured the same way by bench_scale,
-and how far the two agree (curve, coverage, label candidates).
+DuckDB's memory limited (default 1 GB) and its threads limited, measuring its wall time, peak resident
+memory (the child's VmHWM) and the most disk its temporary folder held (working tables and spill). Then,
+where the run fits (--in-memory, on by default up to 2*10^7 rows), `dataaudit.analyze` on the same run,
+measured the same way, how far the two agree (curve, coverage, label candidates), and both candidate sets'
+precision and recall against the planted flips.
 
     python benchmarks/bench_duckdb.py [--n 1000000] [--epochs 20] [--memory-limit 1GB 256MB] [--keep DIR]
 """
@@ -35,7 +36,7 @@ def peak_rss_mb():
 """
 
 # In a fresh interpreter, so that the peak memory is the DuckDB analysis' alone (plus imports); a thread
-# samples the size of the spill folder, DuckDB's out-of-core footprint on disk.
+# samples the size of its temporary folder (working tables and spill), DuckDB's out-of-core footprint on disk.
 _CHILD = _PEAK + r"""
 import json, os, sys, threading, time
 from pathlib import Path
@@ -183,7 +184,7 @@ def main() -> None:
 
     print(f"\nrun: {args.n:,} samples x {args.epochs} epochs, records store {store_mb:,.0f} MB on disk "
           f"({rows[0]['files']} files, {rows[0]['rows']:,} rows); DuckDB threads={args.threads}")
-    print(f"{'engine':<22} {'wall':>8} {'peak RSS':>9} {'spill peak':>11}  label candidates")
+    print(f"{'engine':<22} {'wall':>8} {'peak RSS':>9} {'temp disk':>11}  label candidates")
     for r in rows:
         print(f"{'duckdb ' + r['memory_limit']:<22} {r['duckdb_s']:>7.1f}s {r['peak_rss_mb']:>7.0f}MB "
               f"{r['spill_peak_mb']:>9.0f}MB  {r['label_issues']:,} (margin rule, window {r['window']})")
@@ -195,7 +196,8 @@ def main() -> None:
               f"label candidates in both: {memory['issues_common']:,}")
     if scores:
         print(scores)
-    print("DuckDB's figures include writing the per-sample table to Parquet; peak RSS is each child's VmHWM")
+    print("DuckDB's figures include writing the per-sample table to Parquet; temp disk: the most its temporary "
+          "folder held (working tables and spill); peak RSS: each child's VmHWM")
 
 if __name__ == "__main__":
     main()
