@@ -189,6 +189,24 @@ def test_an_epoch_broken_off_counts_in_coverage_only(tmp_path):
 
 
 @needs_duckdb
+def test_two_ranks_are_merged_as_load_run_merges_them(tmp_path):
+    """Two gloo ranks, 101 samples: DistributedSampler pads to 102, one sample drawn twice per epoch (on both ranks)."""
+    import torch.multiprocessing as mp
+
+    from fixtures.distributed import free_port, worker
+
+    run_dir = tmp_path / "run"
+    mp.spawn(worker, args=(2, free_port(), str(run_dir), 101, 3, True, None), nprocs=2, join=True)
+    run = load_run(run_dir)
+    assert (run.coverage["duplicates"] == 1).all()  # the case tested
+    result = _analyze(run_dir)
+    _assert_same_records_analysis(result, run)
+    check = labels.check(run)
+    same_window = _analyze(run_dir, window=tuple(check.details["window"]))
+    _assert_same_per_sample(same_window.samples, check.per_sample)
+
+
+@needs_duckdb
 def test_only_listed_files_count(margin_run, tmp_path):
     copy = shutil.copytree(margin_run, tmp_path / "run")
     part = next((copy / "records" / "split=train" / "epoch=2" / "rank=0").glob("*.parquet"))
