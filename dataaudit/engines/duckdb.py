@@ -75,6 +75,7 @@ class Listing:
     files : (epoch, path) pairs, by epoch, then as listed (rank 0's manifest first).
     complete : epoch -> whether every rank finished its pass.
     optional : the optional columns (target_entropy, target_prob) some file holds.
+    probs_width : the number of classes of the full probabilities (`probs`) every file stores, else None.
     """
 
     files: list[tuple[int, Path]]
@@ -85,6 +86,7 @@ class Listing:
     soft_targets: bool
     probs_stored: bool
     optional: frozenset[str]
+    probs_width: int | None = None  # classes of the full probabilities every file stores (None: not all do)
 
 
 def analyze_records(run_dir: str | Path, *, split: str = "train", memory_limit: str = "1GB",
@@ -189,21 +191,25 @@ def list_records(run_dir: str | Path, split: str = "train") -> Listing:
                 listed.append((int(m["epoch"]), len(listed), run_dir / rel))
     files = [(epoch, path) for epoch, _, path in sorted(listed, key=lambda t: t[:2])]
     names: set[str] = set()
+    widths = set()  # of the full probabilities each file stores (None: none stored)
     for _, path in files:
-        names |= set(store.read_schema(path, "records").names)
+        schema = store.read_schema(path, "records")
+        names |= set(schema.names)
+        widths.add(schema.field("probs").type.list_size if "probs" in schema.names else None)
     info = meta["splits"].get(split) or {}
     task = meta.get("task") or {}
     return Listing(files=files, complete=dict(sorted(complete.items())),
                    dataset_size=info.get("dataset_size") if info.get("id_source", "index") == "index" else None,
                    num_classes=meta.get("num_classes"), task=task.get("kind") or "classification",
                    soft_targets=bool(task.get("soft_targets")), probs_stored=bool(names & {"probs", "topk_probs"}),
-                   optional=frozenset(names & {"target_entropy", "target_prob"}))
+                   optional=frozenset(names & {"target_entropy", "target_prob"}),
+                   probs_width=widths.pop() if len(widths) == 1 else None)
 
 
 def records_view(con, listing: Listing) -> None:
     """Create the view `records`: every listed file's rows, with `k`, their order (file, then row), and the
     loss as `load_run` reads it (less the soft targets' entropy, where the losses are cross-entropies)."""
-    optional = "".join(f", {c}" for c in sorted(listing.optional))
+    optional = "".join(f", {c}" for c in sorted(listing.optional)) + (", probs" if listing.probs_width else "")
     if listing.files:
         # One scan of the listed files: a UNION ALL of one scan per file ran out of memory at 320 files
         # (10^6 x 20) where the single scan spills. A file's place in the order comes from a join on its name.

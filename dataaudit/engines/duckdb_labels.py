@@ -29,7 +29,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-# The labels check's thresholds and window candidates: one rule, read from one place.
 from dataaudit.checks.labels import (
     _MAX_NOISE,
     _MIN_CONSISTENCY,
@@ -39,6 +38,9 @@ from dataaudit.checks.labels import (
     _STRICT_CONSISTENCY,
     _window_candidates,
 )
+
+# The labels check's thresholds and window candidates: one rule, read from one place.
+from dataaudit.engines import duckdb_confident as confident_mod
 
 # arg_max keys that prefer the larger count, then the smaller class (numpy's argmax over counts)
 _CLASS_SPAN = 1 << 21
@@ -82,15 +84,37 @@ def label_statistics(con, listing, *, window: tuple[int, int] | None = None, sam
     k = max(k, max(label for label, _ in counts) + 1)
     if k < 2 or len(counts) < 2:
         return {"skipped": "the labels hold fewer than two classes"}, empty_samples, empty_issues
-    j, n_issues = _best_window(con, windows, n)
+    label_counts = np.bincount([label for label, _ in counts], weights=[c for _, c in counts],
+                               minlength=k).astype(np.int64)
+    confident = listing.probs_width is not None
+    if confident:  # the window's n_issues: cleanlab's calibrated count of its mean probabilities
+        confident_mod.window_probs(con, windows, k)
+        joints = [confident_mod.confident_joint(con, confident_mod.pp_view(con, w, k), k) for w in range(len(windows))]
+        j, n_issues = _best_window(con, windows, n, [confident_mod.count_issues(c, label_counts) for c in joints])
+        for w in range(len(windows)):
+            if w != j:
+                con.execute(f"DROP TABLE pp_{w}")
+        agreement = con.execute(f"SELECT avg(CASE WHEN top = label THEN 1.0 ELSE 0.0 END) FROM ("
+                                f"SELECT arg_max(cls, {{'p': p, 'c': -cls}}) AS top, any_value(s.label) AS label "
+                                f"FROM pp_{j} JOIN sample_sums s USING (sample_id) GROUP BY sample_id)").fetchone()[0]
+    else:
+        j, n_issues = _best_window(con, windows, n)
+        agreement = con.execute(f"SELECT avg(CASE WHEN aum_{j} > 0 THEN 1.0 ELSE 0.0 END) FROM samples").fetchone()[0]
     first, end = windows[j]
     prior_max = max(c for _, c in counts) / n
-    agreement = con.execute(f"SELECT avg(CASE WHEN aum_{j} > 0 THEN 1.0 ELSE 0.0 END) FROM samples").fetchone()[0]
     lift = (agreement - prior_max) / max(1 - prior_max, 1e-9)
     noise_rate = n_issues / n
     weak = lift < _MIN_LIFT or noise_rate > _MAX_NOISE
 
-    _judge(con, j, first, end, flag=not weak and n_issues > 0)
+    if confident:
+        if not weak and n_issues > 0:
+            confident_mod.prune_by_noise_rate(con, f"pp_{j}", joints[j], label_counts)
+        else:
+            con.execute("CREATE TABLE cl_flagged (sample_id BIGINT)")
+        confident_mod.suggestions(con, f"pp_{j}")
+        _judge_confident(con, j, first, end, n_issues=n_issues if not weak and n_issues > 0 else 0)
+    else:
+        _judge(con, j, first, end, flag=not weak and n_issues > 0)
     consistency = con.execute("SELECT coalesce(avg(consistency), 1.0) FROM judged WHERE flagged").fetchone()[0]
     settled = consistency >= _MIN_CONSISTENCY
     if not settled:
@@ -105,7 +129,7 @@ def label_statistics(con, listing, *, window: tuple[int, int] | None = None, sam
         con.execute(f"UPDATE judged SET flagged = false WHERE label IN ({_list(unfit)}) "
                     f"OR suggested_label IN ({_list(unfit)})")
     issues = con.execute(f"SELECT {', '.join(_ISSUE_COLUMNS)} FROM judged WHERE flagged "
-                         "ORDER BY aum, sample_id").df()
+                         "ORDER BY suspicion, sample_id").df()
     details = {
         "n_flagged": len(issues), "n_issues": n_issues, "estimated_noise_rate": round(noise_rate, 4),
         "model_agreement": round(agreement, 4), "lift_over_prior": round(lift, 4),
@@ -113,11 +137,14 @@ def label_statistics(con, listing, *, window: tuple[int, int] | None = None, sam
         "class_recall": {c: round(r, 4) for c, r in enumerate(recall) if math.isfinite(r)},
         "evidence": "weak" if weak else ("cannot fit" if cannot_fit else ("strong" if settled else "moderate")),
         "window": [epochs[first], epochs[end - 1]], "samples": n,
-        "rule": "area under the margin below zero over the window, with the labels check's gates",
+        "rule": ("confident learning on the probabilities averaged over the window, united with the lowest area "
+                 "under the margin (count: cleanlab's calibrated estimate), with the labels check's gates"
+                 if confident else "area under the margin below zero over the window, with the labels check's gates"),
     }
-    if listing.probs_stored:
-        details["note"] = ("the run stores predicted probabilities: the labels check adds confident learning "
-                           "(cleanlab) on them, which is not computed here; these candidates are the margin rule's")
+    if listing.probs_stored and not confident:
+        details["note"] = ("the run stores only each sample's top-k probabilities (or not in every file): the labels "
+                           "check rebuilds them for confident learning, which is not done here; these candidates are "
+                           "the margin rule's")
     select = f"SELECT {', '.join(_SAMPLE_COLUMNS)} FROM judged ORDER BY sample_id"
     if samples_path is None:
         return details, con.execute(select).df(), issues
@@ -133,9 +160,10 @@ def _kept_cells(con, listing) -> None:
         # a mixed input speaks for its sample's label only where the sample makes up most of it, and a row
         # dominated by a mixup partner carries the partner's class (the labels check's reading)
         soft = f"AND NOT coalesce(target_prob < {_SOFT_PURITY!r}, false)"
+    probs = ", r.probs" if listing.probs_width else ""
     con.execute(f"""
         CREATE VIEW kept AS
-        SELECT r.k, r.sample_id, e.pos, coalesce(r.margin, 'nan'::FLOAT) AS margin, r.loss, r.pred, r.label
+        SELECT r.k, r.sample_id, e.pos, coalesce(r.margin, 'nan'::FLOAT) AS margin, r.loss, r.pred, r.label{probs}
         FROM records r JOIN epochs e USING (epoch)
         WHERE r.recorded AND r.label >= 0 {soft}""")
     source = "kept"
@@ -149,10 +177,11 @@ def _kept_cells(con, listing) -> None:
             WHERE kept.label = u.usual""")
         source = "kept_usual"
     # a sample drawn twice in an epoch counts once: its mean margin, its last prediction
+    cell_probs = ", arg_max(probs, k) AS probs" if probs else ""
     con.execute(f"""
         CREATE TABLE cells AS
         SELECT sample_id, pos, avg(margin) AS margin, avg(loss) FILTER (WHERE isfinite(loss)) AS loss,
-               arg_max(pred, k) AS pred, arg_max(label, k) AS label, max(k) AS k
+               arg_max(pred, k) AS pred, arg_max(label, k) AS label, max(k) AS k{cell_probs}
         FROM {source} GROUP BY sample_id, pos""")
 
 
@@ -172,13 +201,21 @@ def _samples(con, windows: list[tuple[int, int]]) -> None:
     con.execute(f"CREATE VIEW samples AS SELECT sample_id, label, {aums} FROM sample_sums")
 
 
-def _best_window(con, windows: list[tuple[int, int]], n: int) -> tuple[int, int]:
-    """(index of the window whose negative-AUM samples are best separated from the rest, their count)."""
+def _best_window(con, windows: list[tuple[int, int]], n: int, counts: list[int] | None = None) -> tuple[int, int]:
+    """(index of the window whose lowest-AUM samples are best separated from the rest, their count): the
+    `counts[j]` lowest of window j, or without counts its negative ones."""
+    if counts is None:
+        low_of = [f"aum_{j} < 0" for j in range(len(windows))]
+        source = "samples"
+    else:  # the counts[j] lowest (numpy's sorted values: which of equal values does not matter)
+        low_of = [f"r_{j} <= {int(c)}" for j, c in enumerate(counts)]
+        ranks = ", ".join(f"row_number() OVER (ORDER BY aum_{j}) AS r_{j}" for j in range(len(windows)))
+        source = f"(SELECT *, {ranks} FROM samples)"
     stats = ", ".join(
-        f"count(*) FILTER (WHERE aum_{j} < 0), avg(aum_{j}) FILTER (WHERE aum_{j} < 0), "
-        f"var_pop(aum_{j}) FILTER (WHERE aum_{j} < 0), avg(aum_{j}) FILTER (WHERE aum_{j} >= 0), "
-        f"var_pop(aum_{j}) FILTER (WHERE aum_{j} >= 0)" for j in range(len(windows)))
-    row = con.execute(f"SELECT {stats} FROM samples").fetchone()
+        f"count(*) FILTER (WHERE {low}), avg(aum_{j}) FILTER (WHERE {low}), "
+        f"var_pop(aum_{j}) FILTER (WHERE {low}), avg(aum_{j}) FILTER (WHERE NOT ({low})), "
+        f"var_pop(aum_{j}) FILTER (WHERE NOT ({low}))" for j, low in enumerate(low_of))
+    row = con.execute(f"SELECT {stats} FROM {source}").fetchone()
     best = None
     for j in range(len(windows)):
         low, low_mean, low_var, high_mean, high_var = row[5 * j:5 * j + 5]
@@ -211,8 +248,35 @@ def _judge(con, j: int, first: int, end: int, *, flag: bool) -> None:
                coalesce(m.as_label, 0) / greatest(coalesce(m.drawn, 0), 1) AS predicted_as_label,
                coalesce(m.other, s.label) AS suggested_label,
                coalesce(m.other_n, m.as_label, 0) / greatest(coalesce(m.drawn, 0), 1) AS consistency,
-               {'s.aum_' + str(j) + ' < 0' if flag else 'false'} AS flagged
+               {'s.aum_' + str(j) + ' < 0' if flag else 'false'} AS flagged, s.aum_{j} AS suspicion
         FROM samples s LEFT JOIN summary m USING (sample_id)""")
+
+
+def _judge_confident(con, j: int, first: int, end: int, *, n_issues: int) -> None:
+    """Table `judged` of window j with confident learning: flagged = pruned by noise rate (cl_flagged) or among
+    the n_issues lowest AUM; suggested label from the mean probabilities (cl_samples); suspicion = the mean rank
+    of the AUM and the given label's probability."""
+    con.execute(f"""
+        CREATE TABLE judged AS
+        WITH ranked AS (
+            SELECT s.sample_id, s.label, s.aum_{j} AS aum, s.loss_{j} AS mean_loss, c.suggested AS suggested_label,
+                   (row_number() OVER (ORDER BY s.aum_{j}, s.sample_id)
+                    + row_number() OVER (ORDER BY c.quality, s.sample_id)) / 2.0 AS suspicion,
+                   row_number() OVER (ORDER BY s.aum_{j}, s.sample_id) <= {n_issues} AS low
+            FROM samples s JOIN cl_samples c USING (sample_id)),
+        summary AS (
+            SELECT r.sample_id, sum(v.n) AS drawn, sum(v.n) FILTER (WHERE v.pred = r.label) AS as_label,
+                   sum(v.n) FILTER (WHERE v.pred = r.suggested_label) AS as_suggested
+            FROM ranked r JOIN (
+                SELECT sample_id, pred, count(*) AS n FROM cells
+                WHERE pos >= {first} AND pos < {end} AND pred >= 0 GROUP BY sample_id, pred) v USING (sample_id)
+            GROUP BY r.sample_id)
+        SELECT r.sample_id, r.label, r.aum, r.mean_loss, coalesce(m.drawn, 0) AS epochs_drawn,
+               coalesce(m.as_label, 0) / greatest(coalesce(m.drawn, 0), 1) AS predicted_as_label,
+               r.suggested_label, coalesce(m.as_suggested, 0) / greatest(coalesce(m.drawn, 0), 1) AS consistency,
+               {n_issues} > 0 AND (r.low OR r.sample_id IN (SELECT sample_id FROM cl_flagged)) AS flagged,
+               r.suspicion
+        FROM ranked r LEFT JOIN summary m USING (sample_id)""")
 
 
 def _class_recall(con, n_epochs: int, k: int) -> list[float]:
