@@ -46,13 +46,33 @@ def margin_run(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def faulty_run(tmp_path_factory):
-    """3 classes, probabilities stored, a NaN loss every 3rd batch."""
-    from fixtures.training import train_loop
+    """3 classes, probabilities stored, a NaN loss every 3rd batch; 30% of class 0 labelled 1 (a systematic flip,
+    which confident learning finds beyond the lowest margins)."""
+    from fixtures.training import blobs, train_loop
 
     run_dir = tmp_path_factory.mktemp("duckdb") / "faulty"
-    X, y = _noisy_blobs(n=400, k=3)
+    X, y = blobs(n=400, d=8, k=3, seed=0)
+    y[(y == 0) & (np.random.default_rng(1).random(len(y)) < 0.3)] = 1
     train_loop(run_dir, X, y, epochs=5, nan_every=3, every=50)
     return run_dir
+
+
+def _confident_only(run, check) -> int:
+    """How many samples confident learning flags that the lowest margins do not, in the check's window."""
+    import warnings
+
+    from cleanlab.filter import find_label_issues
+
+    epochs = run.train.complete_epochs
+    dynamics = labels._dynamics(run, epochs)
+    end = epochs.index(check.details["window"][1]) + 1
+    _, pp, aum = next(labels._windows(dynamics, 1, [end], run.num_classes))
+    n_issues = labels._count_issues(dynamics.labels, pp)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        pruned = find_label_issues(dynamics.labels, pp, filter_by="prune_by_noise_rate")
+    pruned[np.argsort(aum, kind="stable")[:n_issues]] = False
+    return int(pruned.sum())
 
 
 def _assert_same_records_analysis(result, run):
@@ -136,7 +156,9 @@ def test_nan_losses_and_stored_probabilities(faulty_run):
     _assert_same_records_analysis(result, run)
     # with probabilities the labels check adds confident learning: DuckDB computes it too
     check = labels.check(run)
-    assert check.details["probabilities"] == "full" and check.details["n_flagged"] > 10  # the case tested
+    # the case tested: confident learning on full probabilities adds to the lowest margins
+    assert check.details["probabilities"] == "full" and check.details["n_flagged"] > 10
+    assert _confident_only(run, check) > 0
     _assert_same_label_judgement(result, check)
 
 
