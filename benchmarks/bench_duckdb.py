@@ -177,7 +177,7 @@ def main() -> None:
             import pandas as pd
 
             duck = set(pd.read_parquet(work / "samples.parquet.issues.parquet")["sample_id"].tolist())
-            scores = f"against the {len(truth):,} planted flips: duckdb (margin rule) {_prf(duck, truth)}"
+            scores = f"against the {len(truth):,} planted flips: duckdb {_prf(duck, truth)}"
             if memory:
                 found = set(json.loads((work / "memory.issues.json").read_text()))
                 scores += f"; in-memory analyze {_prf(found, truth)}"
@@ -187,10 +187,10 @@ def main() -> None:
     print(f"{'engine':<22} {'wall':>8} {'peak RSS':>9} {'temp disk':>11}  label candidates")
     for r in rows:
         print(f"{'duckdb ' + r['memory_limit']:<22} {r['duckdb_s']:>7.1f}s {r['peak_rss_mb']:>7.0f}MB "
-              f"{r['spill_peak_mb']:>9.0f}MB  {r['label_issues']:,} (margin rule, window {r['window']})")
+              f"{r['spill_peak_mb']:>9.0f}MB  {r['label_issues']:,} (window {r['window']}, evidence {r['evidence']})")
     if memory:
         print(f"{'in-memory analyze':<22} {memory['analyze_s']:>7.1f}s {memory['peak_rss_mb']:>7.0f}MB "
-              f"{'-':>11}  {memory['issues_in_memory']:,} (margin + confident learning)")
+              f"{'-':>11}  {memory['issues_in_memory']:,}")
         print(f"agreement: curve loss max |diff| {memory['curve_loss_max_diff']:.2e}, accuracy "
               f"{memory['curve_accuracy_max_diff']:.2e}, coverage equal: {memory['coverage_equal']}; "
               f"label candidates in both: {memory['issues_common']:,}")

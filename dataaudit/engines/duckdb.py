@@ -13,12 +13,12 @@ computes in SQL what the checks read of the records:
 - per class: distinct samples by their last label, share, draws, and mean loss per epoch (`class_imbalance`),
 - per sample over a window of epochs: area under the margin, mean loss, last label, share of epochs predicted
   as that label, suggested label and consistency; and the candidate mislabeled samples by the labels check's
-  rule without stored probabilities (`duckdb_labels`).
+  rule, confident learning included where the run stores full probabilities (`duckdb_labels`).
 
 DuckDB holds at most `memory_limit` in memory and spills the rest to `temp_directory`, so the store may be many
 times larger than memory. Needs the optional extra: pip install 'dataaudit[duckdb]'.
 
-Not computed here: confident learning (cleanlab, on stored probabilities), the order hash of each epoch's draws,
+Not computed here: confident learning on top-k probabilities, the order hash of each epoch's draws,
 the checks of the sketch, step and layer tables and of the validation split, probes; nor are the files' values
 checked as `load_run` checks them (epochs of their partition, labels below num_classes).
 """

@@ -18,57 +18,66 @@ _FIRST_MAX = "arg_max(cls, {{'p': {p}, 'c': -cls}})"
 
 
 def window_probs(con, windows: list[tuple[int, int]], k: int) -> None:
-    """Table `prob_sums`: per (sample, class) and window j, the sum (t_j) and count (n_j) of the class's
-    probability over the window's epochs whose margin is kept."""
-    parts = ", ".join(
-        f"sum(p) FILTER (WHERE pos >= {a} AND pos < {b}) AS t_{j}, "
-        f"count(*) FILTER (WHERE pos >= {a} AND pos < {b}) AS n_{j}" for j, (a, b) in enumerate(windows))
+    """Table `pp` (sample_id, cls, p_0, p_1...): per sample and class, the mean probability over each window j
+    as the labels check forms it (float32 means over the epochs whose margin is kept, 1/k where none, clipped
+    at 1e-9, each sample's row summing to 1). One pass over the cells for all windows."""
+    sums = ", ".join(
+        f"sum(p) FILTER (WHERE pos >= {a} AND pos < {b} AND NOT isnan(p)) AS t_{j}, "
+        f"count(*) FILTER (WHERE pos >= {a} AND pos < {b} AND NOT isnan(p)) AS n_{j}"
+        for j, (a, b) in enumerate(windows))
     con.execute(f"""
         CREATE TABLE prob_sums AS
-        SELECT sample_id, cls, {parts} FROM (
+        SELECT sample_id, cls, {sums} FROM (
             SELECT sample_id, pos, unnest(probs) AS p, unnest(range({k})) AS cls FROM cells
             WHERE NOT isnan(margin) AND probs IS NOT NULL)
-        WHERE NOT isnan(p) GROUP BY sample_id, cls""")
-
-
-def pp_view(con, j: int, k: int) -> str:
-    """Create view pp_{j}: (sample_id, cls, p) the window's mean probabilities as the labels check forms them
-    (float32 means, 1/k where none, clipped at 1e-9, each sample's row summing to 1); returns its name."""
+        GROUP BY sample_id, cls""")
+    values = ", ".join(f"greatest(coalesce(CASE WHEN n_{j} > 0 THEN (t_{j} / n_{j})::FLOAT::DOUBLE END, 1.0 / {k}), "
+                       f"1e-9) AS v_{j}" for j in range(len(windows)))
+    uniform = ", ".join(f"1.0 / {k} AS v_{j}" for j in range(len(windows)))
     con.execute(f"""
-        CREATE OR REPLACE VIEW raw_pp_{j} AS
-        SELECT s.sample_id, c.cls,
-               greatest(coalesce(CASE WHEN ps.n_{j} > 0 THEN (ps.t_{j} / ps.n_{j})::FLOAT::DOUBLE END, 1.0 / {k}),
-                        1e-9) AS v
-        FROM sample_sums s CROSS JOIN (SELECT unnest(range({k})) AS cls) c
-        LEFT JOIN prob_sums ps ON ps.sample_id = s.sample_id AND ps.cls = c.cls""")
+        CREATE VIEW raw_pp AS
+        SELECT sample_id, cls, {values} FROM prob_sums
+        UNION ALL  -- samples without a kept probability: 1/k for every class
+        SELECT s.sample_id, c.cls, {uniform}
+        FROM (SELECT sample_id FROM sample_sums ANTI JOIN prob_sums USING (sample_id)) s
+        CROSS JOIN (SELECT unnest(range({k})) AS cls) c""")
+    totals = ", ".join(f"sum(v_{j}) AS total_{j}" for j in range(len(windows)))
+    ratios = ", ".join(f"r.v_{j} / t.total_{j} AS p_{j}" for j in range(len(windows)))
     con.execute(f"""
-        CREATE OR REPLACE TABLE pp_{j} AS
-        SELECT r.sample_id, r.cls, r.v / t.total AS p
-        FROM raw_pp_{j} r JOIN (SELECT sample_id, sum(v) AS total FROM raw_pp_{j} GROUP BY sample_id) t
-        USING (sample_id)""")
-    return f"pp_{j}"
+        CREATE TABLE pp AS
+        SELECT r.sample_id, r.cls, {ratios}
+        FROM raw_pp r JOIN (SELECT sample_id, {totals} FROM raw_pp GROUP BY sample_id) t USING (sample_id)""")
+    con.execute("DROP TABLE prob_sums")
 
 
-def confident_joint(con, pp: str, k: int) -> np.ndarray:
-    """cleanlab's compute_confident_joint (uncalibrated, diagonal not yet clipped): counts (k, k) of
-    (given label, confident guess) over the samples with at least one class at or above its threshold."""
-    rows = con.execute(f"""
+def confident_joints(con, n_windows: int, k: int) -> list[np.ndarray]:
+    """cleanlab's compute_confident_joint (uncalibrated, diagonal not yet clipped) of each window: counts (k, k)
+    of (given label, confident guess) over the samples with at least one class at or above its threshold (the
+    mean probability of the class over the samples labelled with it). One pass over `pp` for all windows."""
+    means = ", ".join(f"avg(pp.p_{j}) FILTER (WHERE pp.cls = s.label) AS mean_{j}" for j in range(n_windows))
+    limits = ", ".join(f"greatest(coalesce(t.mean_{j}, 2.0), 2e-6) - 1e-6 AS limit_{j}" for j in range(n_windows))
+    guesses = ", ".join(
+        f"count(*) FILTER (WHERE pp.p_{j} >= l.limit_{j}) AS confident_{j}, "
+        f"{_FIRST_MAX.format(p=f'pp.p_{j}')} AS top_{j}, "
+        f"min(pp.cls) FILTER (WHERE pp.p_{j} >= l.limit_{j}) AS first_{j}" for j in range(n_windows))
+    con.execute(f"""
+        CREATE TABLE guesses AS
         WITH thresholds AS (
-            SELECT c.cls, greatest(coalesce(t.mean, 2.0), 2e-6) AS threshold
-            FROM (SELECT unnest(range({k})) AS cls) c LEFT JOIN (
-                SELECT pp.cls, avg(pp.p) AS mean FROM {pp} pp JOIN sample_sums s USING (sample_id)
-                WHERE pp.cls = s.label GROUP BY pp.cls) t USING (cls)),
-        guesses AS (
-            SELECT pp.sample_id, count(*) FILTER (WHERE pp.p >= t.threshold - 1e-6) AS confident,
-                   {_FIRST_MAX.format(p="pp.p")} AS top,
-                   min(pp.cls) FILTER (WHERE pp.p >= t.threshold - 1e-6) AS first_confident
-            FROM {pp} pp JOIN thresholds t USING (cls) GROUP BY pp.sample_id)
-        SELECT s.label, CASE WHEN g.confident > 1 THEN g.top ELSE g.first_confident END AS guess, count(*)
-        FROM guesses g JOIN sample_sums s USING (sample_id) WHERE g.confident > 0 GROUP BY ALL""").fetchall()
-    joint = np.zeros((k, k), dtype=np.int64)
-    for label, guess, count in rows:
-        joint[label, guess] = count
-    return joint
+            SELECT pp.cls, {means} FROM pp JOIN sample_sums s USING (sample_id) GROUP BY pp.cls),
+        limits AS (
+            SELECT c.cls, {limits} FROM (SELECT unnest(range({k})) AS cls) c LEFT JOIN thresholds t USING (cls))
+        SELECT pp.sample_id, {guesses} FROM pp JOIN limits l USING (cls) GROUP BY pp.sample_id""")
+    joints = []
+    for j in range(n_windows):
+        rows = con.execute(f"""
+            SELECT s.label, CASE WHEN g.confident_{j} > 1 THEN g.top_{j} ELSE g.first_{j} END AS guess, count(*)
+            FROM guesses g JOIN sample_sums s USING (sample_id) WHERE g.confident_{j} > 0 GROUP BY ALL""").fetchall()
+        joint = np.zeros((k, k), dtype=np.int64)
+        for label, guess, count in rows:
+            joint[label, guess] = count
+        joints.append(joint)
+    con.execute("DROP TABLE guesses")
+    return joints
 
 
 def calibrated(joint: np.ndarray, label_counts: np.ndarray) -> np.ndarray:
@@ -88,9 +97,9 @@ def count_issues(joint: np.ndarray, label_counts: np.ndarray) -> int:
     return int(np.rint((1.0 - estimate.trace()) * label_counts.sum()))
 
 
-def prune_by_noise_rate(con, pp: str, joint: np.ndarray, label_counts: np.ndarray) -> None:
+def prune_by_noise_rate(con, j: int, joint: np.ndarray, label_counts: np.ndarray) -> None:
     """Table `cl_flagged` (sample_id): cleanlab's find_label_issues(filter_by="prune_by_noise_rate") from the
-    window's probabilities `pp` and their confident joint (uncalibrated)."""
+    probabilities of window j and their confident joint (uncalibrated)."""
     from cleanlab.filter import _keep_at_least_n_per_class
 
     prune = _keep_at_least_n_per_class(calibrated(joint, label_counts).T, n=1, frac_noise=1.0)
@@ -102,6 +111,7 @@ def prune_by_noise_rate(con, pp: str, joint: np.ndarray, label_counts: np.ndarra
         con.executemany("INSERT INTO prune VALUES (?, ?, ?)", cells)
     # per (given, other) the samples with the largest p(other) - p(given); then none whose prediction, with
     # 1e-6 added to the given label, is the given label (cleanlab's _reduce_issues)
+    pp = f"(SELECT sample_id, cls, p_{j} AS p FROM pp)"
     con.execute(f"""
         CREATE OR REPLACE TABLE cl_flagged AS
         WITH given AS (
@@ -119,10 +129,11 @@ def prune_by_noise_rate(con, pp: str, joint: np.ndarray, label_counts: np.ndarra
         EXCEPT SELECT sample_id FROM kept""")
 
 
-def suggestions(con, pp: str) -> None:
+def suggestions(con, j: int) -> None:
     """Table `cl_samples` (sample_id, top, suggested, quality): the window's most probable class, the labels
     check's suggested label (the most probable other class when the model prefers it or is unsure) and the
-    probability of the given label."""
+    probability of the given label (of window j)."""
+    pp = f"(SELECT sample_id, cls, p_{j} AS p FROM pp)"
     con.execute(f"""
         CREATE OR REPLACE TABLE cl_samples AS
         WITH ordered AS (

@@ -1,24 +1,24 @@
 """Per-sample label statistics and the candidate mislabeled samples, in DuckDB (see `engines.duckdb`).
 
-The rule is the labels check's (`checks/labels.py`) as it runs without stored probabilities, every step an
-aggregate over the records:
+The rule is the labels check's (`checks/labels.py`), every step an aggregate over the records:
 
 1. Rows kept: recorded, of the complete epochs (all epochs when none is), with a label (>= 0); with soft
    targets, only rows whose dominant class holds 3/4 of the target and is the sample's usual label.
-2. Cells: per (sample, epoch) the mean margin, the mean finite loss and the last prediction.
+2. Cells: per (sample, epoch) the mean margin, the mean finite loss, the last prediction and probabilities.
 3. Window: positions first..end-1 of those epochs (first = 1 past epoch 0), the end chosen among the labels
-   check's candidates where the samples of negative area under the margin (AUM) are best separated from
-   the rest (Fisher ratio; ties to the later end).
-4. Gates: nothing is flagged when the model agrees with the labels (AUM > 0) hardly better than the
-   commonest class (lift < 0.2) or would call more than half of them wrong.
-5. Flagged: AUM < 0; the suggested label is the other class predicted most often in the window; when the
-   flagged samples' predictions wander (mean consistency < 0.8), only those predicted as their suggested
-   label in 90% of their epochs stay; samples whose label or suggested label is a class the model does not fit
-   (recall < 0.5 over the last third of the epochs) are not judged.
+   check's candidates where the n_issues lowest areas under the margin (AUM) are best separated from the rest
+   (Fisher ratio; ties to the later end). n_issues: cleanlab's calibrated count on the window's mean
+   probabilities (`duckdb_confident`), or without stored probabilities the samples of negative AUM.
+4. Gates: nothing is flagged when the model agrees with the labels hardly better than the commonest class
+   (lift < 0.2) or would call more than half of them wrong.
+5. Flagged: the n_issues lowest AUM, united with cleanlab's prune_by_noise_rate when probabilities are stored;
+   the suggested label is the most probable other class (without probabilities: the other class predicted most
+   often); when the flagged samples' predictions wander (mean consistency < 0.8), only those predicted as their
+   suggested label in 90% of their epochs stay; samples whose label or suggested label is a class the model does
+   not fit (recall < 0.5 over the last third of the epochs) are not judged.
 
-With stored probabilities the labels check also runs confident learning (cleanlab's calibrated count and
-prune_by_noise_rate on the probabilities averaged over the window): that part is not computed here, and
-`labels["note"]` says so; the candidates are then the margin rule's.
+A run that stores only each sample's top-k probabilities (many classes), or probabilities in some files only,
+is judged by the margin rule; `labels["note"]` says so (the labels check rebuilds the top-k as dense rows).
 """
 from __future__ import annotations
 
@@ -89,14 +89,11 @@ def label_statistics(con, listing, *, window: tuple[int, int] | None = None, sam
     confident = listing.probs_width is not None
     if confident:  # the window's n_issues: cleanlab's calibrated count of its mean probabilities
         confident_mod.window_probs(con, windows, k)
-        joints = [confident_mod.confident_joint(con, confident_mod.pp_view(con, w, k), k) for w in range(len(windows))]
+        joints = confident_mod.confident_joints(con, len(windows), k)
         j, n_issues = _best_window(con, windows, n, [confident_mod.count_issues(c, label_counts) for c in joints])
-        for w in range(len(windows)):
-            if w != j:
-                con.execute(f"DROP TABLE pp_{w}")
-        agreement = con.execute(f"SELECT avg(CASE WHEN top = label THEN 1.0 ELSE 0.0 END) FROM ("
-                                f"SELECT arg_max(cls, {{'p': p, 'c': -cls}}) AS top, any_value(s.label) AS label "
-                                f"FROM pp_{j} JOIN sample_sums s USING (sample_id) GROUP BY sample_id)").fetchone()[0]
+        confident_mod.suggestions(con, j)
+        agreement = con.execute("SELECT avg(CASE WHEN c.top = s.label THEN 1.0 ELSE 0.0 END) "
+                                "FROM cl_samples c JOIN sample_sums s USING (sample_id)").fetchone()[0]
     else:
         j, n_issues = _best_window(con, windows, n)
         agreement = con.execute(f"SELECT avg(CASE WHEN aum_{j} > 0 THEN 1.0 ELSE 0.0 END) FROM samples").fetchone()[0]
@@ -108,10 +105,9 @@ def label_statistics(con, listing, *, window: tuple[int, int] | None = None, sam
 
     if confident:
         if not weak and n_issues > 0:
-            confident_mod.prune_by_noise_rate(con, f"pp_{j}", joints[j], label_counts)
+            confident_mod.prune_by_noise_rate(con, j, joints[j], label_counts)
         else:
             con.execute("CREATE TABLE cl_flagged (sample_id BIGINT)")
-        confident_mod.suggestions(con, f"pp_{j}")
         _judge_confident(con, j, first, end, n_issues=n_issues if not weak and n_issues > 0 else 0)
     else:
         _judge(con, j, first, end, flag=not weak and n_issues > 0)
