@@ -91,7 +91,8 @@ class Listing:
 
 def analyze_records(run_dir: str | Path, *, split: str = "train", memory_limit: str = "1GB",
                     temp_directory: str | Path | None = None, threads: int | None = None,
-                    window: tuple[int, int] | None = None, samples_path: str | Path | None = None) -> RecordAnalysis:
+                    window: tuple[int, int] | None = None, samples_path: str | Path | None = None,
+                    confident_learning: bool = True) -> RecordAnalysis:
     """The record-level analysis of the run in `run_dir`, computed by DuckDB out of core.
 
     Parameters
@@ -105,6 +106,8 @@ def analyze_records(run_dir: str | Path, *, split: str = "train", memory_limit: 
     window : (first, last) epochs, inclusive, of the per-sample label statistics; default: the labels
         check's own choice (the window where the low-margin samples stand out best).
     samples_path : write the per-sample table to this Parquet file instead of returning it (large runs).
+    confident_learning : run the labels check's confident learning where the run stores full probabilities
+        (the in-memory check's rule; about 3x the time of the rest); False: the margin rule alone.
     """
     from dataaudit.engines import duckdb_labels
 
@@ -122,8 +125,8 @@ def analyze_records(run_dir: str | Path, *, split: str = "train", memory_limit: 
             curve = epoch_curve(con, listing)
             coverage = coverage_table(con, listing)
             classes, class_loss = class_tables(con, listing)
-            labels, samples, issues = duckdb_labels.label_statistics(con, listing, window=window,
-                                                                     samples_path=samples_path)
+            labels, samples, issues = duckdb_labels.label_statistics(
+                con, listing, window=window, samples_path=samples_path, confident_learning=confident_learning)
         finally:
             con.close()
     finally:

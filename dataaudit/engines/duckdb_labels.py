@@ -50,7 +50,7 @@ _ISSUE_COLUMNS = ["sample_id", "label", "suggested_label", "aum"]
 
 
 def label_statistics(con, listing, *, window: tuple[int, int] | None = None, samples_path: str | Path | None = None,
-                     ) -> tuple[dict[str, Any], pd.DataFrame | Path, pd.DataFrame]:
+                     confident_learning: bool = True) -> tuple[dict[str, Any], pd.DataFrame | Path, pd.DataFrame]:
     """(details, per-sample table or the Parquet file it went to, candidate mislabeled samples).
 
     The per-sample table, one row per sample with a kept row: sample_id, label (its last), aum (mean over the
@@ -67,7 +67,7 @@ def label_statistics(con, listing, *, window: tuple[int, int] | None = None, sam
         return {"skipped": "no committed epoch"}, empty_samples, empty_issues
     con.execute("CREATE TABLE epochs AS SELECT unnest(?::BIGINT[]) AS epoch, unnest(range(?)) AS pos",
                 [epochs, len(epochs)])
-    _kept_cells(con, listing)
+    _kept_cells(con, listing, probs=confident_learning and listing.probs_width is not None)
     n, margins = con.execute("SELECT count(DISTINCT sample_id), count(*) FILTER (WHERE NOT isnan(margin)) "
                              "FROM cells").fetchone()
     if n == 0 or margins == 0:
@@ -86,7 +86,7 @@ def label_statistics(con, listing, *, window: tuple[int, int] | None = None, sam
         return {"skipped": "the labels hold fewer than two classes"}, empty_samples, empty_issues
     label_counts = np.bincount([label for label, _ in counts], weights=[c for _, c in counts],
                                minlength=k).astype(np.int64)
-    confident = listing.probs_width is not None
+    confident = confident_learning and listing.probs_width is not None
     if confident:  # the window's n_issues: cleanlab's calibrated count of its mean probabilities
         confident_mod.window_probs(con, windows, k)
         joints = confident_mod.confident_joints(con, len(windows), k)
@@ -138,9 +138,10 @@ def label_statistics(con, listing, *, window: tuple[int, int] | None = None, sam
                  if confident else "area under the margin below zero over the window, with the labels check's gates"),
     }
     if listing.probs_stored and not confident:
-        details["note"] = ("the run stores only each sample's top-k probabilities (or not in every file): the labels "
-                           "check rebuilds them for confident learning, which is not done here; these candidates are "
-                           "the margin rule's")
+        details["note"] = ("confident learning left out (confident_learning=False)" if listing.probs_width else
+                           "the run stores only each sample's top-k probabilities (or not in every file): the labels "
+                           "check rebuilds them for confident learning, which is not done here") + \
+            "; these candidates are the margin rule's, not the labels check's"
     select = f"SELECT {', '.join(_SAMPLE_COLUMNS)} FROM judged ORDER BY sample_id"
     if samples_path is None:
         return details, con.execute(select).df(), issues
@@ -149,14 +150,14 @@ def label_statistics(con, listing, *, window: tuple[int, int] | None = None, sam
     return details, samples_path, issues
 
 
-def _kept_cells(con, listing) -> None:
+def _kept_cells(con, listing, *, probs: bool) -> None:
     """Table `cells`: per (sample, epoch position) of the kept rows: margin, loss, pred, label, k (last row)."""
     soft = ""
     if listing.soft_targets and "target_prob" in listing.optional:
         # a mixed input speaks for its sample's label only where the sample makes up most of it, and a row
         # dominated by a mixup partner carries the partner's class (the labels check's reading)
         soft = f"AND NOT coalesce(target_prob < {_SOFT_PURITY!r}, false)"
-    probs = ", r.probs" if listing.probs_width else ""
+    probs = ", r.probs" if probs else ""
     con.execute(f"""
         CREATE VIEW kept AS
         SELECT r.k, r.sample_id, e.pos, coalesce(r.margin, 'nan'::FLOAT) AS margin, r.loss, r.pred, r.label{probs}

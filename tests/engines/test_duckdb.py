@@ -160,6 +160,9 @@ def test_nan_losses_and_stored_probabilities(faulty_run):
     assert check.details["probabilities"] == "full" and check.details["n_flagged"] > 10
     assert _confident_only(run, check) > 0
     _assert_same_label_judgement(result, check)
+    margin_only = _analyze(faulty_run, confident_learning=False)  # faster, and says it is not the check's rule
+    assert "margin rule" in margin_only.labels["note"] and set(margin_only.label_issues["sample_id"]) != set(
+        check.details["label_issues"])
 
 
 @needs_duckdb
