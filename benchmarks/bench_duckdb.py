@@ -41,6 +41,7 @@ _CHILD = _PEAK + r"""
 import json, os, sys, threading, time
 from pathlib import Path
 run_dir, limit, threads, temp, out = sys.argv[1], sys.argv[2], int(sys.argv[3]), Path(sys.argv[4]), sys.argv[5]
+confident = sys.argv[6] == "1"
 peak_disk, done = [0], threading.Event()
 def watch():
     while not done.wait(0.25):
@@ -50,7 +51,8 @@ threading.Thread(target=watch, daemon=True).start()
 t0 = time.perf_counter()
 from dataaudit.engines.duckdb import analyze_records
 t1 = time.perf_counter()
-r = analyze_records(run_dir, memory_limit=limit, threads=threads, temp_directory=temp, samples_path=out)
+r = analyze_records(run_dir, memory_limit=limit, threads=threads, temp_directory=temp, samples_path=out,
+                    confident_learning=confident)
 t2 = time.perf_counter()
 done.set()
 r.curve.to_json(out + ".curve.json"); r.coverage.to_json(out + ".coverage.json")
@@ -88,10 +90,10 @@ def _child(*args: str) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def measure_duckdb(run_dir: Path, memory_limit: str, threads: int, work: Path) -> dict:
-    """analyze_records in a fresh subprocess: wall time, peak RSS, peak spill; its tables written to `work`."""
+def measure_duckdb(run_dir: Path, memory_limit: str, threads: int, work: Path, confident: bool = True) -> dict:
+    """analyze_records in a fresh subprocess: wall time, peak RSS, peak temp disk; its tables written to `work`."""
     result = _child(_CHILD, str(run_dir), memory_limit, str(threads), str(work / "spill"),
-                    str(work / "samples.parquet"))
+                    str(work / "samples.parquet"), "1" if confident else "0")
     result["samples_parquet_mb"] = (work / "samples.parquet").stat().st_size / 2**20
     return result
 
@@ -151,6 +153,8 @@ def main() -> None:
     ap.add_argument("--memory-limit", nargs="+", default=["1GB"], help="DuckDB memory limits to time")
     ap.add_argument("--threads", type=int, default=1, help="DuckDB threads (the benchmark machine is shared)")
     ap.add_argument("--keep", type=Path, default=None, help="write the run under this folder, or reuse it there")
+    ap.add_argument("--margin-only", action="store_true",
+                    help="also time the analysis without confident learning (confident_learning=False)")
     ap.add_argument("--in-memory", action=argparse.BooleanOptionalAction, default=None,
                     help="also time dataaudit.analyze on the run (default: when n x epochs <= 2*10^7)")
     args = ap.parse_args()
@@ -169,6 +173,12 @@ def main() -> None:
             print(json.dumps(row), file=sys.stderr, flush=True)
             rows.append(row)
         memory = measure_in_memory(run_dir, work) if in_memory else {}
+        if args.margin_only:  # after the comparison, which reads `work` of the full rule
+            row = {"memory_limit": args.memory_limit[0] + ", margin rule",
+                   **measure_duckdb(run_dir, args.memory_limit[0], args.threads, Path(tempfile.mkdtemp(dir=tmp)),
+                                    confident=False)}
+            print(json.dumps(row), file=sys.stderr, flush=True)
+            rows.append(row)
         if memory:
             print(json.dumps(memory), file=sys.stderr, flush=True)
         truth = planted(work, args.n)
@@ -184,12 +194,12 @@ def main() -> None:
 
     print(f"\nrun: {args.n:,} samples x {args.epochs} epochs, records store {store_mb:,.0f} MB on disk "
           f"({rows[0]['files']} files, {rows[0]['rows']:,} rows); DuckDB threads={args.threads}")
-    print(f"{'engine':<22} {'wall':>8} {'peak RSS':>9} {'temp disk':>11}  label candidates")
+    print(f"{'engine':<30} {'wall':>8} {'peak RSS':>9} {'temp disk':>11}  label candidates")
     for r in rows:
-        print(f"{'duckdb ' + r['memory_limit']:<22} {r['duckdb_s']:>7.1f}s {r['peak_rss_mb']:>7.0f}MB "
+        print(f"{'duckdb ' + r['memory_limit']:<30} {r['duckdb_s']:>7.1f}s {r['peak_rss_mb']:>7.0f}MB "
               f"{r['spill_peak_mb']:>9.0f}MB  {r['label_issues']:,} (window {r['window']}, evidence {r['evidence']})")
     if memory:
-        print(f"{'in-memory analyze':<22} {memory['analyze_s']:>7.1f}s {memory['peak_rss_mb']:>7.0f}MB "
+        print(f"{'in-memory analyze':<30} {memory['analyze_s']:>7.1f}s {memory['peak_rss_mb']:>7.0f}MB "
               f"{'-':>11}  {memory['issues_in_memory']:,}")
         print(f"agreement: curve loss max |diff| {memory['curve_loss_max_diff']:.2e}, accuracy "
               f"{memory['curve_accuracy_max_diff']:.2e}, coverage equal: {memory['coverage_equal']}; "
