@@ -34,7 +34,7 @@ def lint(session: nox.Session) -> None:
 @nox.session(python="3.11")
 def bench(session: nox.Session) -> None:
     """Speed and quality figures: tracker overhead, analyze at scale, scan's neighbour search, label-issue
-    precision/recall/F1."""
+    precision/recall/F1, the analysis on DuckDB out of core."""
     session.install(TORCH)
     session.install("-e", ".[test]")
     session.run("python", "-c", "import time; t = time.perf_counter(); import dataaudit; "
@@ -45,6 +45,8 @@ def bench(session: nox.Session) -> None:
     session.run("python", "benchmarks/bench_neighbors.py")  # scan's neighbour search: before/after, same results
     session.run("python", "benchmarks/bench_labels.py", *session.posargs)
     session.run("python", "benchmarks/bench_probe.py")  # probed data share vs the counterfactual truth
+    session.install("duckdb>=1.1")
+    session.run("python", "benchmarks/bench_duckdb.py", "--margin-only")  # the analysis on DuckDB, out of core
 
 
 @nox.session(python="3.11")
