@@ -259,6 +259,14 @@ def _host(values: list[Any]) -> np.ndarray:
     return out
 
 
+def _mean(losses: torch.Tensor) -> Any:
+    """The mean of a step's losses: in numpy for host tensors (no torch kernel on the writer thread), else a
+    device scalar."""
+    if losses.device.type == "cpu":
+        return float(losses.detach().numpy().mean(dtype=np.float64))
+    return losses.mean()
+
+
 def _steps_table(rows: list[dict]) -> pa.Table | None:
     if not rows:
         return None
@@ -268,7 +276,7 @@ def _steps_table(rows: list[dict]) -> pa.Table | None:
         "step": np.array([r["step"] for r in rows], dtype=np.int64),
         "attempt": np.array([r["attempt"] for r in rows], dtype=np.int64),
         "skipped": np.array([r["skipped"] for r in rows], dtype=bool),
-        "loss": _host([None if r["loss"] is None else r["loss"].mean() for r in rows]),
+        "loss": _host([None if r["loss"] is None else _mean(r["loss"]) for r in rows]),
         "grad_norm": _host([r.get("grad_norm") for r in rows]),
         # False where the gradient norm was not measured (skipped steps; between measured ones, see _measure)
         "grad_measured": np.array([r.get("grad_norm") is not None for r in rows], dtype=bool),
