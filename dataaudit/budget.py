@@ -205,6 +205,6 @@ def stream(files: dict[int, list[Path]], complete: dict[int, bool], held: list[i
 def held_note(held: list[int], epochs: list[int], rows: int, budget: int) -> dict:
     """What audit.json says of a run whose records were held for some epochs only (`run.records_held`)."""
     return {"epochs": [int(e) for e in held], "of_epochs": len(epochs), "rows": int(rows), "max_rows": int(budget),
-            "reason": f"the run's {rows:,} rows exceed the row budget of {budget:,} ({ENV}): the records of "
+            "reason": f"the split's {rows:,} rows exceed the row budget of {budget:,} ({ENV}): the records of "
                       f"{len(held)} of {len(epochs)} epochs were held (first, last, evenly spaced); coverage and "
                       "the loss curve were read from every epoch"}
