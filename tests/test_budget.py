@@ -133,3 +133,20 @@ def test_coverage_of_a_subset_sampler_is_judged_over_every_epoch(tmp_path, monke
     assert result.details == full.details
     assert result.details["missing_ids"] == list(range(90, 100))
     assert result.details["sometimes_missing"] == 10
+
+
+def test_soft_targets_read_alike_when_streamed(tmp_path, monkeypatch):
+    """The loss less the targets' entropy is decided on every epoch's rows, as a full load decides it."""
+    from fixtures.tasks import train_soft
+
+    X, y = blobs(n=300, k=3, seed=3)
+    train_soft(tmp_path / "soft", X, y, mode="smoothing", epochs=12)
+    full = load_run(tmp_path / "soft")
+    monkeypatch.setenv(budget.ENV, "100")
+    small = load_run(tmp_path / "soft")
+    assert small.train.held_epochs is not None and "target_entropy" in small.records
+    held = full.records[full.records["epoch"].isin(small.train.held_epochs)].reset_index(drop=True)
+    np.testing.assert_array_equal(small.records["loss"].to_numpy(), held["loss"].to_numpy())
+    assert (full.records["loss"] < full.records["target_entropy"]).mean() > 0.5  # the entropy was taken off
+    np.testing.assert_allclose(epoch_losses(small.train)[["loss", "accuracy"]],
+                               epoch_losses(full.train)[["loss", "accuracy"]], rtol=1e-9)
