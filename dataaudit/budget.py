@@ -162,15 +162,16 @@ class CurveTally:
 
 
 def stream(files: dict[int, list[Path]], complete: dict[int, bool], held: list[int],
-           read: Callable[[int, list[Path], list[str] | None], pa.Table]) -> dict:
+           read: Callable[[int, list[Path], list[str] | None], pa.Table], *, universe: bool = True) -> dict:
     """Read a split's records epoch by epoch, keeping the `held` epochs' rows.
 
     files : epoch -> its records files; complete : epoch -> whether it ran to its end.
     read(epoch, paths, columns) : the epoch's checked, narrowed records table (columns None: all of them).
+    universe : whether to collect every id drawn (the dataset, when its size is unknown).
 
     Returns tables (the held epochs' recorded rows, without `recorded`), draws (epoch -> ids (seen,) for the
     held epochs), counts (epoch -> (seen, unique, order hash) for every epoch), drawn (every id drawn, unique,
-    ascending), curve (a CurveTally) and above_entropy.
+    ascending; empty without `universe`), curve (a CurveTally) and above_entropy.
     """
     from dataaudit.run import order_hash, unique_ids
 
@@ -189,7 +190,8 @@ def stream(files: dict[int, list[Path]], complete: dict[int, bool], held: list[i
         ids = table.column("sample_id").to_numpy()
         uniq = unique_ids(ids)
         counts[epoch] = (len(ids), len(uniq), order_hash(ids))
-        drawn = unique_ids(np.concatenate([drawn, uniq.astype(np.int64)]))
+        if universe:
+            drawn = unique_ids(np.concatenate([drawn, uniq.astype(np.int64)]))
         recorded = table.column("recorded")
         if recorded.null_count or not pa.compute.all(recorded).as_py():
             table = table.filter(pa.compute.fill_null(recorded, False))
