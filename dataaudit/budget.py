@@ -171,7 +171,7 @@ def stream(files: dict[int, list[Path]], complete: dict[int, bool], held: list[i
 
     Returns tables (the held epochs' recorded rows, without `recorded`), draws (epoch -> ids (seen,) for the
     held epochs), counts (epoch -> (seen, unique, order hash) for every epoch), drawn (every id drawn, unique,
-    ascending; empty without `universe`), curve (a CurveTally) and above_entropy.
+    ascending; empty without `universe`) and curve (a CurveTally).
     """
     from dataaudit.run import order_hash, unique_ids
 

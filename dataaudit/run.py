@@ -296,7 +296,8 @@ def _stream_split(record_files: dict[int, list[Path]], complete: dict[int, bool]
                   size: int | None, num_classes: int | None) -> tuple[pd.DataFrame, Mapping, pd.DataFrame, dict]:
     """(records of the `held` epochs, draws of every epoch, coverage, Split fields) read one epoch at a time."""
     got = budget.stream(record_files, complete, held,
-                        lambda e, paths, columns: _read_records([(e, p) for p in paths], num_classes, columns))
+                        lambda e, paths, columns: _read_records([(e, p) for p in paths], num_classes, columns),
+                        universe=size is None)
     tables = got["tables"]
     wide = any(t.schema.field("sample_id").type != pa.int32() for t in tables)
     if wide:  # one epoch's ids did not fit int32: all of them int64, as a full load would
