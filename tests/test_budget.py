@@ -150,3 +150,21 @@ def test_soft_targets_read_alike_when_streamed(tmp_path, monkeypatch):
     assert (full.records["loss"] < full.records["target_entropy"]).mean() > 0.5  # the entropy was taken off
     np.testing.assert_allclose(epoch_losses(small.train)[["loss", "accuracy"]],
                                epoch_losses(full.train)[["loss", "accuracy"]], rtol=1e-9)
+
+
+def test_explicit_ids_count_every_id_drawn_as_the_dataset_when_streamed(tmp_path, monkeypatch):
+    """Without a dataset size the dataset is every id drawn in any epoch, held or not."""
+    ds = TensorDataset(torch.randn(20, 2), torch.zeros(20, dtype=torch.long))
+    with dataaudit.Tracker(tmp_path / "ids") as tracker:
+        loader = tracker.wrap(DataLoader(ds, batch_size=5))
+        for epoch in range(12):
+            for i, (_x, yb) in enumerate(loader):
+                ids = torch.arange(5) + 5 * i + (2000 if epoch == 7 and i >= 3 else 1000)  # epoch 7: 5 new ids
+                tracker.record(torch.zeros(5), targets=yb, ids=ids)
+    full = load_run(tmp_path / "ids")
+    monkeypatch.setenv(budget.ENV, "10")
+    small = load_run(tmp_path / "ids")
+    assert 7 not in small.train.held_epochs
+    pd.testing.assert_frame_equal(small.coverage, full.coverage)
+    assert small.coverage["missing"].tolist() == [5] * 7 + [5] + [5] * 4  # 25 ids in all, 20 drawn an epoch
+    assert coverage.check(small).details == coverage.check(full).details
