@@ -33,7 +33,8 @@ COVERAGE_COLUMNS = ["epoch", "seen", "unique", "missing", "duplicates", "complet
 class Split:
     """What one split (train, val...) of a run captured.
 
-    records : one row per (epoch, sample): epoch, sample_id, loss, label, pred, prob, margin,
+    records : one row per (epoch, sample), of the `held_epochs` only when the run passed the row budget
+        (see `dataaudit.budget`): epoch, sample_id, loss, label, pred, prob, margin,
         fingerprint (the input projected on a fixed random direction; NaN without inputs); regression
         runs add target (see `Run.task`). With soft targets (mixup, smoothed one-hots) the records add
         target_entropy and target_prob (the dominant class's target probability), and loss is what the
