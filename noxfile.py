@@ -41,7 +41,8 @@ def bench(session: nox.Session) -> None:
                 "print(f'import dataaudit: {time.perf_counter() - t:.2f} s (target < 1 s)')")
     session.run("python", "benchmarks/bench_latency.py")  # --help, import, analyze of the demo run
     session.run("python", "benchmarks/bench_overhead.py")
-    session.run("python", "benchmarks/bench_scale.py")
+    # analyze time and memory against samples and epochs (the long points: --curve --large --keep DIR)
+    session.run("python", "benchmarks/bench_scale.py", "--curve")
     session.run("python", "benchmarks/bench_neighbors.py")  # scan's neighbour search: before/after, same results
     session.run("python", "benchmarks/bench_labels.py", *session.posargs)
     session.run("python", "benchmarks/bench_probe.py")  # probed data share vs the counterfactual truth

@@ -107,7 +107,7 @@ class _Samples:
 
 def attribute(run: Run, results: dict[str, CheckResult], *, seed: int = 0) -> Attribution:
     """The verdict and the data's share of the plateau, from a run and its check results."""
-    epochs = run.train.complete_epochs or run.train.epochs
+    epochs = run.train.with_records(run.train.complete_epochs or run.train.epochs)  # beyond the row budget: held
     if not epochs or run.records.empty:
         return Attribution("none", 0.0, (0.0, 0.0), {"method": "no recorded epoch to attribute"})
     window = [e for e in epochs if e >= epochs[int(len(epochs) * 2 / 3)]]

@@ -187,4 +187,7 @@ def _summary(run: Run) -> dict[str, Any]:
         "num_classes": run.num_classes,
         "splits": sorted(run.splits),
         "steps": int(len(run.steps)),
+        # beyond the row budget (dataaudit.budget): whose records were held, said rather than hidden
+        **({"records_held": held} if (held := [{"split": name, **split.held_note}
+                                                for name, split in run.splits.items() if split.held_note]) else {}),
     }

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from dataaudit.run import Run, positions, unique_ids
+from dataaudit.run import Run, positions, union_ids, unique_ids
 
 if TYPE_CHECKING:
     from dataaudit.audit import Audit
@@ -180,16 +180,18 @@ def _universe(audit: Audit, label_table: pd.DataFrame | None) -> np.ndarray:
         parts.append(coverage["sample_id"].to_numpy(dtype=np.int64))
     run = audit.run
     if run is not None:
-        draws = [d for d in run.train.draws.values() if len(d)]
         size = run.train.dataset_size
+        # one epoch's draws at a time: a long run's are read back from the store (see budget.StoredDraws)
+        bounds = [(int(d.min()), int(d.max())) for d in run.train.draws.values() if len(d)]
         # the common case, dataset indices 0..size-1: the universe is known without a pass over the rows
-        if size and all(int(d.min()) >= 0 and int(d.max()) < size for d in draws):
+        if size and all(lo >= 0 and hi < size for lo, hi in bounds):
             parts.append(np.arange(size, dtype=np.int64))
         else:
-            parts += [unique_ids(d).astype(np.int64) for d in draws]
+            if bounds:
+                parts.append(union_ids(d for d in run.train.draws.values() if len(d)).astype(np.int64))
             if size:
                 parts.append(np.arange(size, dtype=np.int64))
-            if not draws and len(run.records):  # records are draws: only without draws are they read
+            if not bounds and len(run.records):  # records are draws: only without draws are they read
                 parts.append(unique_ids(run.records["sample_id"].to_numpy()).astype(np.int64))
     return unique_ids(np.concatenate(parts)) if parts else np.empty(0, np.int64)
 

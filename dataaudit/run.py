@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from collections import defaultdict
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute  # noqa: F401  (pa.compute)
 
-from dataaudit import store
+from dataaudit import budget, store
 
 # sample_id is int32 in a loaded run whose ids all fit in it (dataset indices), int64 otherwise;
 # label and pred are int32 (class indices, -1 = unknown): at 20M rows each int64 column costs 80 MB more.
@@ -32,7 +33,8 @@ COVERAGE_COLUMNS = ["epoch", "seen", "unique", "missing", "duplicates", "complet
 class Split:
     """What one split (train, val...) of a run captured.
 
-    records : one row per (epoch, sample): epoch, sample_id, loss, label, pred, prob, margin,
+    records : one row per (epoch, sample), of the `held_epochs` only when the run passed the row budget
+        (see `dataaudit.budget`): epoch, sample_id, loss, label, pred, prob, margin,
         fingerprint (the input projected on a fixed random direction; NaN without inputs); regression
         runs add target (see `Run.task`). With soft targets (mixup, smoothed one-hots) the records add
         target_entropy and target_prob (the dominant class's target probability), and loss is what the
@@ -40,7 +42,8 @@ class Split:
         (their KL divergence), so that the loss curves read as with hard labels. A recorded loss that is
         not a cross-entropy against those targets (below their entropy) is left as recorded.
     coverage : one row per epoch: epoch, seen, unique, missing, duplicates, complete, order_hash.
-    draws : epoch -> ids in the order the loader drew them, shape (seen,).
+    draws : epoch -> ids in the order the loader drew them, shape (seen,). A mapping that reads the epochs
+        whose records are not held back from the store on each access (see `budget.StoredDraws`).
     features : epoch -> per-feature moments of the inputs (feature, count, mean, m2, min, max).
     reservoir : epoch -> (ids (r,), projected inputs (r, dim)), the same ids each epoch when drawn.
     """
@@ -54,6 +57,11 @@ class Split:
     dataset_size: int | None = None
     input_shape: tuple[int, ...] | None = None
     probs_source: dict[int, Any] = field(default_factory=dict, repr=False)
+    # Beyond the row budget (see `dataaudit.budget`): the epochs whose records are held (None: all of them),
+    # the loss curve of every complete epoch read in the stream, and what audit.json says of it.
+    held_epochs: tuple[int, ...] | None = None
+    epoch_curve: pd.DataFrame | None = field(default=None, repr=False)
+    held_note: dict | None = None
 
     @property
     def epochs(self) -> list[int]:
@@ -63,6 +71,13 @@ class Split:
     @property
     def complete_epochs(self) -> list[int]:
         return sorted(int(e) for e in self.coverage.loc[self.coverage["complete"], "epoch"])
+
+    def with_records(self, epochs: list[int]) -> list[int]:
+        """Those of `epochs` whose records are held: all of them, unless the run passed the row budget."""
+        if self.held_epochs is None:
+            return list(epochs)
+        held = set(self.held_epochs)
+        return [e for e in epochs if e in held]
 
     def probs(self, epoch: int, num_classes: int | None = None) -> tuple[np.ndarray, np.ndarray] | None:
         """(sample_ids (m,), probabilities (m, classes)) recorded in `epoch`, or None if not stored.
@@ -225,25 +240,18 @@ def _load_split(name: str, info: dict, epochs: list[dict], files: dict, num_clas
     for e in entries:  # a rank that did not finish its pass makes the epoch incomplete
         complete[e["epoch"]] = complete.get(e["epoch"], True) and bool(e["complete"])
     numbers = sorted(complete)
-    # The records of an epoch, in order and with the drawn-but-unrecorded rows, are its draws.
-    paths = [(e, f) for e in numbers for f in files.get(("records", name, e), [])]
-    if paths:
-        rows = _read_records(paths, num_classes)
-        epoch_of = rows.column("epoch").to_numpy()
-        ids = rows.column("sample_id").to_numpy()
-        draws = {e: ids[epoch_of == e] for e in numbers}
-        del epoch_of, ids
-        # filtered and converted in arrow, which frees each column as pandas takes it: at 20M rows
-        # the table is about 1 GB, and a copy of it in pandas would double the peak
-        recorded = rows.column("recorded")
-        if recorded.null_count or not pa.compute.all(recorded).as_py():
-            rows = rows.filter(pa.compute.fill_null(recorded, False))
-        rows = rows.drop_columns(["recorded"])
-        records = _loss_above_entropy(rows.to_pandas(split_blocks=True, self_destruct=True))
-        del rows
-        pa.default_memory_pool().release_unused()  # hand the table's memory back to the system now
+    record_files = {e: files.get(("records", name, e), []) for e in numbers}
+    size = info.get("dataset_size") if info.get("id_source", "index") == "index" else None
+    limit = budget.max_rows()
+    rows = {e: sum(store.count_rows(p, "records") for p in fs) for e, fs in record_files.items()}
+    held = budget.choose_held(numbers, [e for e in numbers if complete[e]], rows, limit)
+    extra: dict[str, Any] = {}
+    if held is not None:  # beyond the row budget: stream the store, hold some epochs' records
+        records, draws, coverage, extra = _stream_split(record_files, complete, held, size, num_classes)
+        extra["held_note"] = budget.held_note(held, numbers, sum(rows.values()), limit)
     else:
-        records, draws = _empty_records(), {e: np.empty(0, np.int64) for e in numbers}
+        records, draws = _load_records(record_files, numbers, num_classes)
+        coverage = coverage_table(draws, complete, size)
     features, reservoir = {}, {}
     for e in numbers:
         for path in files.get(("sketch", name, e), []):
@@ -256,22 +264,80 @@ def _load_split(name: str, info: dict, epochs: list[dict], files: dict, num_clas
                                 values.values.to_numpy().reshape(len(values), values.type.list_size))
     has_probs = {e: fs for e in numbers if (fs := files.get(("records", name, e)))
                  and _has_probs(fs, num_classes)}
-    size = info.get("dataset_size") if info.get("id_source", "index") == "index" else None
     shape = info.get("input_shape")
-    return Split(name, records, coverage_table(draws, complete, size), draws=draws, features=features,
-                 reservoir=reservoir, dataset_size=size, input_shape=tuple(shape) if shape else None,
-                 probs_source=has_probs)
+    return Split(name, records, coverage, draws=draws, features=features, reservoir=reservoir, dataset_size=size,
+                 input_shape=tuple(shape) if shape else None, probs_source=has_probs, **extra)
 
 
-def _loss_above_entropy(records: pd.DataFrame) -> pd.DataFrame:
-    """Records whose loss is less the soft targets' entropy, where the losses are cross-entropies against them."""
+def _load_records(record_files: dict[int, list[Path]], numbers: list[int], num_classes: int | None
+                  ) -> tuple[pd.DataFrame, dict[int, np.ndarray]]:
+    """(records, draws) of every epoch, read at once."""
+    # The records of an epoch, in order and with the drawn-but-unrecorded rows, are its draws.
+    paths = [(e, f) for e in numbers for f in record_files[e]]
+    if not paths:
+        return _empty_records(), {e: np.empty(0, np.int64) for e in numbers}
+    rows = _read_records(paths, num_classes)
+    epoch_of = rows.column("epoch").to_numpy()
+    ids = rows.column("sample_id").to_numpy()
+    draws = {e: ids[epoch_of == e] for e in numbers}
+    del epoch_of, ids
+    # filtered and converted in arrow, which frees each column as pandas takes it: at 20M rows
+    # the table is about 1 GB, and a copy of it in pandas would double the peak
+    recorded = rows.column("recorded")
+    if recorded.null_count or not pa.compute.all(recorded).as_py():
+        rows = rows.filter(pa.compute.fill_null(recorded, False))
+    rows = rows.drop_columns(["recorded"])
+    records = _loss_above_entropy(rows.to_pandas(split_blocks=True, self_destruct=True))
+    del rows
+    pa.default_memory_pool().release_unused()  # hand the table's memory back to the system now
+    return records, draws
+
+
+def _stream_split(record_files: dict[int, list[Path]], complete: dict[int, bool], held: list[int],
+                  size: int | None, num_classes: int | None) -> tuple[pd.DataFrame, Mapping, pd.DataFrame, dict]:
+    """(records of the `held` epochs, draws of every epoch, coverage, Split fields) read one epoch at a time."""
+    got = budget.stream(record_files, complete, held,
+                        lambda e, paths, columns: _read_records([(e, p) for p in paths], num_classes, columns),
+                        universe=size is None)
+    tables = got["tables"]
+    wide = any(t.schema.field("sample_id").type != pa.int32() for t in tables)
+    if wide:  # one epoch's ids did not fit int32: all of them int64, as a full load would
+        tables = [t.set_column(t.schema.get_field_index("sample_id"), "sample_id",
+                               pa.compute.cast(t.column("sample_id"), pa.int64())) for t in tables]
+    if tables:
+        rows = store.concat(tables, [p for e in held for p in record_files[e]])
+        del tables, got["tables"]
+        records = rows.to_pandas(split_blocks=True, self_destruct=True)
+        del rows
+        if got["curve"].above_entropy:
+            records = _loss_above_entropy(records, subtract=True)
+        pa.default_memory_pool().release_unused()
+    else:
+        records = _empty_records()
+    universe = size if size is not None else len(got["drawn"])
+    rows_of = []
+    for epoch in sorted(got["counts"]):
+        seen, unique, order = got["counts"][epoch]
+        rows_of.append({"epoch": epoch, "seen": seen, "unique": unique, "missing": max(universe - unique, 0),
+                        "duplicates": seen - unique, "complete": bool(complete.get(epoch, False)),
+                        "order_hash": order})
+    coverage = pd.DataFrame(rows_of, columns=COVERAGE_COLUMNS).astype({"complete": bool})
+    draws = budget.StoredDraws(record_files, got["draws"])
+    return records, draws, coverage, {"held_epochs": tuple(held), "epoch_curve": got["curve"].table()}
+
+
+def _loss_above_entropy(records: pd.DataFrame, *, subtract: bool | None = None) -> pd.DataFrame:
+    """Records whose loss is less the soft targets' entropy, where the losses are cross-entropies against them
+    (decided on `records`, unless `subtract` says so: a streamed run decides on all its epochs)."""
     if "target_entropy" not in records:
         return records
     loss = records["loss"].to_numpy()
     entropy = np.nan_to_num(records["target_entropy"].to_numpy(), nan=0.0)
     finite = np.isfinite(loss)
     # a cross-entropy is at least the targets' entropy (float32 rounding aside)
-    if finite.any() and (loss[finite] >= entropy[finite] - 1e-3).mean() >= 0.99:
+    if subtract is None:
+        subtract = bool(finite.any() and (loss[finite] >= entropy[finite] - 1e-3).mean() >= 0.99)
+    if subtract:
         records["loss"] = np.maximum(loss - entropy, 0.0).astype(np.float32)
     return records
 
@@ -325,7 +391,8 @@ def _has_probs(paths: list[Path], num_classes: int | None) -> bool:
     return True
 
 
-def _read_records(paths: list[tuple[int, Path]], num_classes: int | None = None) -> pa.Table:
+def _read_records(paths: list[tuple[int, Path]], num_classes: int | None = None,
+                  columns: list[str] | None = None) -> pa.Table:
     """The records of (epoch, path) pairs as one table, narrowed file by file (label and pred to int32,
     sample_id to int32 when every id fits), so that the wide columns of all the files are never held at once.
 
@@ -340,7 +407,10 @@ def _read_records(paths: list[tuple[int, Path]], num_classes: int | None = None)
     for epoch, path in paths:
         present = set(store.read_schema(path, "records").names)
         optional = [c for c in OPTIONAL_RECORD_COLUMNS if c in present]
-        table = store.read_table(path, "records", columns=[*RECORD_COLUMNS, *optional, "recorded"])
+        wanted = [*RECORD_COLUMNS, *optional, "recorded"]
+        if columns is not None:
+            wanted = [c for c in wanted if c in {"epoch", "sample_id", "label", "pred", *columns}]
+        table = store.read_table(path, "records", columns=wanted)
         bounds = pa.compute.min_max(table.column("epoch")).as_py()
         if table.num_rows and not bounds["min"] == bounds["max"] == epoch:
             raise store.RunFormatError(f"{path}: holds rows of epochs {bounds['min']}..{bounds['max']}; "
@@ -385,6 +455,16 @@ def unique_ids(ids: np.ndarray, *, return_inverse: bool = False):
     return np.unique(ids, return_inverse=return_inverse)
 
 
+def union_ids(parts: Iterable[np.ndarray]) -> np.ndarray:
+    """The distinct ids of all `parts` (each of shape (m,)), ascending, taken in one part at a time: the draws
+    of a long run are read back epoch by epoch (see `budget.StoredDraws`), never all held at once."""
+    out = None
+    for ids in parts:
+        uniq = unique_ids(np.asarray(ids))
+        out = uniq if out is None else unique_ids(np.concatenate([out, uniq.astype(np.result_type(out, uniq))]))
+    return out if out is not None else np.empty(0, np.int64)
+
+
 def last_records(ids: np.ndarray, epochs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(the distinct ids ascending, the row of each one's last record: its latest epoch, then its latest row
     there), each of shape (u,), for rows of ids and epochs (n,). In O(n) when the ids are dense non-negative
@@ -426,7 +506,7 @@ def coverage_table(draws: dict[int, np.ndarray], complete: dict[int, bool], data
     Without a dataset size (explicit ids), the dataset is taken to be every id drawn in any epoch.
     """
     if dataset_size is None:
-        universe = len(unique_ids(np.concatenate(list(draws.values())))) if draws else 0
+        universe = len(union_ids(draws.values()))
     else:
         universe = dataset_size
     rows = []
@@ -435,7 +515,7 @@ def coverage_table(draws: dict[int, np.ndarray], complete: dict[int, bool], data
         unique = len(unique_ids(ids))
         rows.append({"epoch": epoch, "seen": len(ids), "unique": unique, "missing": max(universe - unique, 0),
                      "duplicates": len(ids) - unique, "complete": bool(complete.get(epoch, False)),
-                     "order_hash": _order_hash(ids)})
+                     "order_hash": order_hash(ids)})
     return pd.DataFrame(rows, columns=COVERAGE_COLUMNS).astype({"complete": bool})
 
 
@@ -447,7 +527,8 @@ def moments_table(x: np.ndarray) -> pd.DataFrame:
     })
 
 
-def _order_hash(ids: np.ndarray) -> str:
+def order_hash(ids: np.ndarray) -> str:
+    """A hash of the order of `ids` (seen,): epochs drawn in the same order have the same one."""
     import hashlib
     return hashlib.blake2b(np.ascontiguousarray(ids, dtype=np.int64).tobytes(), digest_size=8).hexdigest()
 

@@ -198,6 +198,12 @@ def read_schema(path: Path, schema: str) -> pa.Schema:
     return file_schema
 
 
+def count_rows(path: Path, schema: str) -> int:
+    """Rows in one Parquet file of the run, from its footer (nothing else is read); checked as `read_schema`."""
+    read_schema(path, schema)
+    return _guarded(path, lambda p: pq.read_metadata(p).num_rows)
+
+
 def check_schema(path: Path, file_schema: pa.Schema, schema: str) -> None:
     wrong = []
     for column, kind in SCHEMAS[schema].items():

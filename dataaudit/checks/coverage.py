@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 
 from dataaudit.checks.base import CheckResult, Finding
-from dataaudit.run import Run, positions, unique_ids
+from dataaudit.run import Run, positions, union_ids
 
 NAME = "coverage"
 
@@ -59,7 +59,7 @@ def _held_out(run: Run, split: str, dataset_size: int | None) -> dict[str, np.nd
     out = {}
     for name, other in run.splits.items():
         if name != split and dataset_size is not None and other.dataset_size == dataset_size and other.draws:
-            out[name] = unique_ids(np.concatenate(list(other.draws.values())))
+            out[name] = union_ids(other.draws.values())
     return out
 
 
@@ -67,21 +67,28 @@ def _compute_coverage(draws: dict[int, np.ndarray], coverage: pd.DataFrame, epoc
                       dataset_size: int | None, *, facts: dict | None = None,
                       held_out: dict[str, np.ndarray] | None = None) -> CheckResult:
     """Coverage of the complete `epochs` of `draws` (epoch -> ids drawn, in order), judged against the
-    sampler's `facts` (see `dataaudit.track.sampler_info`; empty: every sample once per epoch)."""
+    sampler's `facts` (see `dataaudit.track.sampler_info`; empty: every sample once per epoch).
+
+    The draws are taken one epoch at a time (a long run's are read back from the store as they are needed).
+    """
     facts = facts or {}
-    complete = [draws[e] for e in epochs]
-    drawn_ever = unique_ids(np.concatenate(list(draws.values()))) if draws else np.empty(0, np.int64)
-    universe = np.arange(dataset_size, dtype=np.int64) if dataset_size is not None else drawn_ever
-    in_complete = unique_ids(np.concatenate(complete))
-    missing = np.setdiff1d(universe, in_complete)
+    universe = (np.arange(dataset_size, dtype=np.int64) if dataset_size is not None
+                else union_ids(draws.values()).astype(np.int64))
+    n_complete = len(epochs)
 
     # Per id, over complete epochs: epochs it was absent from, and its most draws in one epoch.
     n_universe = len(universe)
     absent = np.zeros(n_universe, np.int64)
     most = np.zeros(n_universe, np.int64)
     duplicate_ids: set[int] = set()
-    for ids in complete:
+    outside: list[np.ndarray] = []  # ids drawn that are not in the dataset's range
+    first_len = None
+    for epoch in epochs:
+        ids = draws[epoch]
+        first_len = len(ids) if first_len is None else first_len
         pos, ok = positions(universe, ids)
+        if not ok.all():
+            outside.append(union_ids([ids[~ok]]))
         counts = np.bincount(pos[ok], minlength=n_universe)
         absent += counts == 0
         most = np.maximum(most, counts)
@@ -90,11 +97,14 @@ def _compute_coverage(draws: dict[int, np.ndarray], coverage: pd.DataFrame, epoc
         else:
             uniq, c = np.unique(ids, return_counts=True)
             duplicate_ids.update(uniq[c > 1].tolist())
-    sometimes = np.flatnonzero((absent > 0) & (absent < len(complete)))
+        del ids, pos, ok
+    in_complete = union_ids([universe[absent < n_complete], *outside])
+    missing = np.setdiff1d(universe, in_complete)
+    sometimes = np.flatnonzero((absent > 0) & (absent < n_complete))
 
     per_epoch = coverage.drop(columns=["order_hash"]).to_dict("records")
     judged = coverage[coverage["epoch"].isin(epochs)]
-    order_repeated = len(complete) >= 2 and judged["order_hash"].nunique() == 1 and len(complete[0]) > 1
+    order_repeated = n_complete >= 2 and judged["order_hash"].nunique() == 1 and (first_len or 0) > 1
     dup_share = float(judged["duplicates"].sum() / max(judged["seen"].sum(), 1))
     missing_share = len(missing) / max(n_universe, 1)
     sometimes_share = len(sometimes) / max(n_universe, 1)
@@ -112,7 +122,7 @@ def _compute_coverage(draws: dict[int, np.ndarray], coverage: pd.DataFrame, epoc
 
     findings = []
     if len(missing):
-        evidence = {"missing": len(missing), "dataset_size": n_universe, "epochs": len(complete),
+        evidence = {"missing": len(missing), "dataset_size": n_universe, "epochs": n_complete,
                     "first_missing": missing[:10].tolist(), "sampler": facts.get("sampler")}
         if elsewhere:
             findings.append(Finding(
@@ -122,12 +132,12 @@ def _compute_coverage(draws: dict[int, np.ndarray], coverage: pd.DataFrame, epoc
         elif replacement or (partial_by_design and not facts.get("drop_last")):
             findings.append(Finding(
                 NAME, "info", f"{len(missing)} of {n_universe} samples ({missing_share:.1%}) were never drawn in "
-                f"{len(complete)} complete epochs, as {sampler} draws "
+                f"{n_complete} complete epochs, as {sampler} draws "
                 + ("with replacement." if replacement else f"{facts.get('num_samples')} samples an epoch."),
                 evidence=evidence, ids=tuple(missing.tolist())))
         elif facts.get("drop_last") and len(missing) <= expected_gap and not order_repeated:
             findings.append(Finding(
-                NAME, "info", f"{len(missing)} samples were left out of every one of the {len(complete)} complete "
+                NAME, "info", f"{len(missing)} samples were left out of every one of the {n_complete} complete "
                 f"epochs by chance: drop_last drops the last partial batch (batch size {facts.get('batch_size')}) "
                 f"of each shuffled epoch.", evidence=evidence, ids=tuple(missing.tolist())))
         elif facts.get("drop_last") and len(missing) <= expected_gap:
@@ -143,7 +153,7 @@ def _compute_coverage(draws: dict[int, np.ndarray], coverage: pd.DataFrame, epoc
             findings.append(Finding(
                 NAME, "critical" if missing_share > 0.01 else "warning",
                 f"{len(missing)} of {n_universe} samples ({missing_share:.1%}) were never drawn in any of "
-                f"{len(complete)} complete epochs: the model never trained on them.{subset}",
+                f"{n_complete} complete epochs: the model never trained on them.{subset}",
                 remedy="Fix the sampler or the index it draws from (a subset, a filter, drop_last with a fixed "
                        "order) so that every epoch covers the dataset; if they are held out on purpose, wrap the "
                        "split that uses them too.",
@@ -192,10 +202,10 @@ def _compute_coverage(draws: dict[int, np.ndarray], coverage: pd.DataFrame, epoc
     if order_repeated:
         findings.append(Finding(
             NAME, "warning",
-            f"All {len(complete)} complete epochs drew the samples in exactly the same order.",
+            f"All {n_complete} complete epochs drew the samples in exactly the same order.",
             remedy="Shuffle each epoch: shuffle=True, or call sampler.set_epoch(epoch) before each epoch "
                    "when using DistributedSampler.",
-            evidence={"epochs": len(complete)}))
+            evidence={"epochs": n_complete}))
     incomplete = [int(e) for e in coverage.loc[~coverage["complete"], "epoch"]]
     if incomplete:
         findings.append(Finding(
@@ -208,7 +218,7 @@ def _compute_coverage(draws: dict[int, np.ndarray], coverage: pd.DataFrame, epoc
         "per_epoch": per_epoch,
         "order_repeated": bool(order_repeated),
         "dataset_size": n_universe,
-        "complete_epochs": len(complete),
+        "complete_epochs": n_complete,
         "sometimes_missing": int(len(sometimes)),
         "duplicate_draw_share": round(dup_share, 6),
         "sampler": {k: facts[k] for k in ("sampler", "contract", "replacement", "weighted", "drop_last",

@@ -24,6 +24,8 @@ def epoch_losses(split: Split) -> pd.DataFrame:
     has none), nonfinite (share of non-finite losses), accuracy (share with pred == label; NaN without labels).
     """
     columns = ["epoch", "loss", "nonfinite", "accuracy"]
+    if split.epoch_curve is not None:  # a run beyond the row budget: read from every epoch as it was streamed
+        return split.epoch_curve[columns].copy()
     records = split.records
     epochs = split.complete_epochs
     if not len(records) or not epochs:

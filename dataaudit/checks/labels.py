@@ -93,7 +93,7 @@ class Dynamics:
 
 def check(run: Run) -> CheckResult:
     split = run.train
-    epochs = split.complete_epochs or split.epochs
+    epochs = split.with_records(split.complete_epochs or split.epochs)  # beyond the row budget: the held ones
     records = split.records
     if not epochs or records.empty or (records["label"] < 0).all() or records["margin"].isna().all():
         return CheckResult.skipped(NAME, "no recorded logits and labels")

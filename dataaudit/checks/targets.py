@@ -48,7 +48,7 @@ def check(run: Run) -> CheckResult:
     Reads `run.records` (epoch, sample_id, loss). Skipped with fewer than 20 samples or no finite loss.
     """
     split = run.train
-    epochs = split.complete_epochs or split.epochs
+    epochs = split.with_records(split.complete_epochs or split.epochs)  # beyond the row budget: the held ones
     records = split.records
     if not epochs or records.empty:
         return CheckResult.skipped(NAME, "no recorded epoch")

@@ -55,8 +55,8 @@ def paired_change(split: Split, before: int, after: int) -> tuple[float, float, 
 
 def noise_table(split: Split) -> pd.DataFrame:
     """Per complete epoch of `split`: epoch, n, loss, stderr (of the mean), change (from the previous epoch,
-    paired), change_stderr. NaN where unknown."""
-    epochs = split.complete_epochs
+    paired), change_stderr. NaN where unknown. Beyond the row budget: the epochs whose records are held."""
+    epochs = split.with_records(split.complete_epochs)
     rows = []
     previous = None
     for e in epochs:
@@ -98,9 +98,11 @@ def gate_plateau(result: CheckResult, val: Split) -> CheckResult:
     and a validation plateau on a coarse set says it cannot be told from noise (details: val_within_noise)."""
     details = dict(result.details)
     findings = list(result.findings)
-    epochs = val.complete_epochs
+    epochs = val.with_records(val.complete_epochs)
     if details.get("overfitting") and epochs:
-        rise, se, _ = paired_change(val, details["overfitting_from_epoch"], epochs[-1])
+        # beyond the row budget the best epoch's records may not be held: the last held one up to it
+        before = max([e for e in epochs if e <= details["overfitting_from_epoch"]], default=epochs[0])
+        rise, se, _ = paired_change(val, before, epochs[-1])
         if not (rise > Z * se):
             details.update(overfitting=False, overfitting_within_noise=True, overfitting_from_epoch=None)
             findings = [f for f in findings if "best_val_epoch" not in f.evidence]
