@@ -6,7 +6,7 @@ per-sample losses, logits, targets and 32-feature inputs. The logits sharpen
 over the epochs towards each sample's true class (learning), and late in the run
 towards its given label (memorisation); 10% of the labels are flipped, so the
 label check has work to do. `analyze` then runs in a fresh subprocess, whose
-wall time and peak resident memory (ru_maxrss of the child) are measured, along
+wall time and peak resident memory (the child's VmHWM) are measured, along
 with the size of the HTML report.
 
     python benchmarks/bench_scale.py [--sizes 100000 1000000] [--epochs 20] [--keep DIR]
@@ -54,8 +54,12 @@ t2 = time.perf_counter()
 audit.write_html(sys.argv[2])
 t3 = time.perf_counter()
 held = [h for h in audit.run_summary.get("records_held", []) if h["split"] == "train"]
-print(json.dumps({"import_s": t1 - t0, "analyze_s": t2 - t1, "html_s": t3 - t2,
-                  "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+try:  # VmHWM: this process's own peak; ru_maxrss may carry the parent's over from the fork
+    with open("/proc/self/status") as f:
+        peak_kb = next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
+except (OSError, StopIteration):
+    peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print(json.dumps({"import_s": t1 - t0, "analyze_s": t2 - t1, "html_s": t3 - t2, "peak_rss_mb": peak_kb / 1024,
                   "verdict": audit.verdict, "label_issues": len(audit.label_issues),
                   "held_epochs": len(held[0]["epochs"]) if held else None}))
 """
