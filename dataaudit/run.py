@@ -6,7 +6,6 @@ from labels and out-of-sample probabilities (what `scan` has).
 """
 from __future__ import annotations
 
-import re
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -192,22 +191,7 @@ class Run:
 def load_run(run_dir: str | Path) -> Run:
     """Read a run directory written by `dataaudit.Tracker`, merging ranks; the epoch in progress is skipped."""
     run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        what = "is a file, not a run directory" if run_dir.exists() else "no such run directory"
-        raise store.RunFormatError(f"{run_dir}: {what}")
-    manifests = [store.read_manifest(run_dir, 0)]
-    for path in sorted(run_dir.glob("manifest.rank*.json")):
-        rank = re.fullmatch(r"manifest\.rank([1-9]\d*)\.json", path.name)
-        if rank is None:
-            raise store.RunFormatError(f"{path}: not a rank manifest name (expected manifest.rankN.json, N >= 1)")
-        manifests.append(store.read_manifest(run_dir, int(rank[1])))
-    # A run that lists files it does not hold is damaged: its verdict would silently change (see README).
-    missing = [f"{store.manifest_name(m.get('rank', 0))}: {rel}" for m in manifests
-               for rel in store.missing_files(run_dir, m)]
-    if missing:
-        raise store.RunFormatError(f"{run_dir}: damaged run: {len(missing)} listed files are missing "
-                                   f"({'; '.join(missing[:3])}{'...' if len(missing) > 3 else ''}); "
-                                   "restore them from a full copy of the run")
+    manifests = store.read_run_manifests(run_dir)
     # what each rank saw of each split, to tell ranks that disagree on the dataset
     meta = {**manifests[0], "ranks": [{"rank": m.get("rank", 0), "splits": m["splits"]} for m in manifests]}
     files: dict[tuple[str, str | None, int], list[Path]] = defaultdict(list)

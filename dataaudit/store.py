@@ -174,6 +174,28 @@ def _check_manifest_fields(path: Path, manifest: dict) -> None:
                                  "tables (records/, sketch/, steps/, layers/ partitions)")
 
 
+def read_run_manifests(run_dir: str | Path) -> list[dict]:
+    """Every rank's manifest of the run in `run_dir` (rank 0's first, then each manifest.rankN.json), checked,
+    and the run checked whole: a run that lists files it does not hold is damaged (its verdict would silently
+    change). Raises RunFormatError naming the directory or file."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        what = "is a file, not a run directory" if run_dir.exists() else "no such run directory"
+        raise RunFormatError(f"{run_dir}: {what}")
+    manifests = [read_manifest(run_dir, 0)]
+    for path in sorted(run_dir.glob("manifest.rank*.json")):
+        rank = re.fullmatch(r"manifest\.rank([1-9]\d*)\.json", path.name)
+        if rank is None:
+            raise RunFormatError(f"{path}: not a rank manifest name (expected manifest.rankN.json, N >= 1)")
+        manifests.append(read_manifest(run_dir, int(rank[1])))
+    missing = [f"{manifest_name(m.get('rank', 0))}: {rel}" for m in manifests for rel in missing_files(run_dir, m)]
+    if missing:
+        raise RunFormatError(f"{run_dir}: damaged run: {len(missing)} listed files are missing "
+                             f"({'; '.join(missing[:3])}{'...' if len(missing) > 3 else ''}); "
+                             "restore them from a full copy of the run")
+    return manifests
+
+
 def missing_files(run_dir: Path, manifest: dict) -> list[str]:
     """The files `manifest` lists that `run_dir` does not hold (a damaged or partly copied run)."""
     return [rel for rel in manifest["files"] if not (Path(run_dir) / rel).is_file()]

@@ -169,20 +169,7 @@ def list_records(run_dir: str | Path, split: str = "train") -> Listing:
     manifest.rankN.json), checked as `load_run` checks them: manifests readable, listed files present,
     each file's schema that of a records table. Raises RunFormatError naming the file."""
     run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        what = "is a file, not a run directory" if run_dir.exists() else "no such run directory"
-        raise store.RunFormatError(f"{run_dir}: {what}")
-    manifests = [store.read_manifest(run_dir, 0)]
-    for path in sorted(run_dir.glob("manifest.rank*.json")):
-        rank = re.fullmatch(r"manifest\.rank([1-9]\d*)\.json", path.name)
-        if rank is None:
-            raise store.RunFormatError(f"{path}: not a rank manifest name (expected manifest.rankN.json, N >= 1)")
-        manifests.append(store.read_manifest(run_dir, int(rank[1])))
-    missing = [rel for m in manifests for rel in store.missing_files(run_dir, m)]
-    if missing:
-        raise store.RunFormatError(f"{run_dir}: damaged run: {len(missing)} listed files are missing "
-                                   f"({'; '.join(missing[:3])}{'...' if len(missing) > 3 else ''}); "
-                                   "restore them from a full copy of the run")
+    manifests = store.read_run_manifests(run_dir)
     meta = manifests[0]
     complete: dict[int, bool] = {}
     for entry in (e for m in manifests for e in m["epochs"] if e["split"] == split):
