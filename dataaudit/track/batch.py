@@ -23,6 +23,16 @@ def per_sample_losses(losses: Any) -> torch.Tensor:
     return losses.detach()
 
 
+def check_rows(name: str, tensor: Any, n: int) -> torch.Tensor:
+    """`tensor`, checked to be a tensor whose first dimension is the batch of `n` samples."""
+    if not isinstance(tensor, torch.Tensor):
+        raise TypeError(f"record() needs {name} as a tensor; got {type(tensor).__name__}")
+    if tensor.ndim == 0 or tensor.shape[0] != n:
+        raise ValueError(f"record() got {n} losses but {name} has shape {tuple(tensor.shape)}; "
+                         f"the first dimension must be the batch ({n})")
+    return tensor
+
+
 def as_target_tensor(targets: Any) -> torch.Tensor:
     """`targets` as a tensor: class indices, values, or (batch, classes) probabilities (their reading by task is
     `dataaudit.track.task.read_batch`'s)."""

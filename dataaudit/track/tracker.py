@@ -32,23 +32,15 @@ import torch
 
 from dataaudit import store
 from dataaudit.track import lock
-from dataaudit.track.batch import TargetRangeError, as_target_tensor, per_sample_losses
+from dataaudit.track.batch import TargetRangeError, as_target_tensor, check_rows, per_sample_losses
 from dataaudit.track.commit import Committer
-from dataaudit.track.epoch import EpochBuffer, Sketched
-from dataaudit.track.inputs import (
-    TOKEN_FEATURES,
-    float_tensor,
-    input_kind,
-    sketch_features,
-    sketch_shape,
-    token_summary,
-)
+from dataaudit.track.epoch import EpochBuffer
+from dataaudit.track.inputs import InputRecorder
 from dataaudit.track.loader import Draws, TrackedLoader, base_loader, check_loader, hook, hooked_draws
 from dataaudit.track.manifest import check_run_dir, default_rank, iso, now, open_manifest
 from dataaudit.track.optim import OptimizerWatch, step_files, write_steps
 from dataaudit.track.probes import Probes, check_options, param_info
 from dataaudit.track.sampler_info import sampler_facts
-from dataaudit.track.sketch import Projection
 from dataaudit.track.task import infer_task, read_batch
 
 # What record() gathers on the device for the writer thread (losses, logits, sketched inputs) is handed over
@@ -110,8 +102,7 @@ class Tracker:
         self._open: dict[str, EpochBuffer] = {}
         self._draws: dict[str, Draws] = {}      # split -> the Draws of its loader hooked last
         self._pending: _Pending | None = None
-        self._projection: dict[str, Projection] = {}
-        self._fingerprints: dict[str, Projection] = {}
+        self._inputs = InputRecorder()
         self._watch: OptimizerWatch | None = None
         self._probes: Probes | None = None
         self._closed = False
@@ -279,16 +270,18 @@ class Tracker:
         # once (see _flush), which costs a few kernels per chunk instead of per batch.
         # Copies, not views: loaders and CUDA graphs may reuse their buffers.
         row: dict[str, Any] = {"ids": ids, "n": n, "loss": losses.to(torch.float32, copy=True)}
-        logits = None if logits is None else _check_rows("logits", logits, n, ndim=None)
+        logits = None if logits is None else check_rows("logits", logits, n)
         targets = None if targets is None else as_target_tensor(targets)
         if targets is not None:
-            _check_rows("targets", targets, n, ndim=None)
+            check_rows("targets", targets, n)
         task = self._task(logits, targets)
         if task is not None:
             row.update(read_batch(task, logits, targets, n))
         epoch = pending.epoch
         if inputs is not None:
-            self._record_inputs(epoch, row, ids, inputs, n)
+            loader = self._loaders.get(epoch.split)
+            self._inputs.record(self._manifest, epoch, row, ids, inputs, n,
+                                batch_size=getattr(loader, "batch_size", None))
         pending.recorded = True
         epoch.recorded += n
         epoch.rows.append(row)
@@ -445,93 +438,6 @@ class Tracker:
             pending.epoch.rows.append({"ids": pending.ids, "n": len(pending.ids)})
         self._pending = None
 
-    def _record_inputs(self, epoch: EpochBuffer, row: dict, ids: np.ndarray, inputs: Any, n: int) -> None:
-        """Fingerprint the batch's inputs and, every few batches, sketch them (see `dataaudit.track.inputs`)."""
-        info = self._manifest["splits"][epoch.split]
-        kind, key = input_kind(inputs)
-        if "input_kind" not in info:
-            info.update(input_kind=kind, input_key=key,
-                        input_dtype=str(float_tensor(inputs, key).dtype).removeprefix("torch."),
-                        input_sketch="values" if kind == "float" else
-                        "lengths (attention mask, else non-zero ids); fingerprint: a hash of the unpadded tokens")
-        elif (kind, key) != (info["input_kind"], info.get("input_key")):
-            raise ValueError(f"record() got {kind} inputs{f' (key {key!r})' if key else ''}; earlier batches of "
-                             f"split {epoch.split!r} had {info['input_kind']} inputs"
-                             + (f" (key {info['input_key']!r})" if info.get("input_key") else ""))
-        if kind == "tokens":
-            _check_rows("inputs", float_tensor(inputs, key), n, ndim=None)
-            row["fingerprint"], x = token_summary(inputs, key, n)
-            info.setdefault("sketch_shape", [len(TOKEN_FEATURES)])
-            info.setdefault("sketch_features", TOKEN_FEATURES)
-        else:
-            x = _check_rows("inputs", float_tensor(inputs, key), n, ndim=None).detach()
-            if x[0].numel() == 0:
-                raise ValueError(f"record() needs inputs with at least one value per sample; got shape "
-                                 f"{tuple(x.shape)}")
-            if not self._same_shape(epoch, info, list(x.shape[1:])):
-                return
-            flat = x.reshape(n, -1)
-            row["fingerprint"] = self._fingerprint(epoch.split, flat.shape[1])(flat.float())
-            x = sketch_features(x)
-        if epoch.sketched_batches % self._sketch_every(epoch.split) == 0:
-            x = x.to(torch.float32, copy=True)
-            projected = self._projection_for(epoch.split)(x)
-            epoch.inputs.append(Sketched(ids, x, projected))
-            epoch.buffered_bytes += (x.numel() + (projected.numel() if projected is not x else 0)) * 4
-        epoch.sketched_batches += 1
-
-    def _same_shape(self, epoch: EpochBuffer, info: dict, shape: list[int]) -> bool:
-        """Whether float inputs keep the split's per-sample shape. When they change (padded per batch) the split
-        is no longer sketched, with a note: never an error in the training loop."""
-        if "input_shape" not in info:
-            info["input_shape"] = shape
-            info["sketch_shape"] = sketch_shape(shape)
-        if info.get("input_sketch") == "stopped":
-            return False
-        if info["input_shape"] != shape:
-            info["input_sketch"] = "stopped"
-            info["input_sketch_note"] = (
-                f"inputs of shape {tuple(shape)} per sample at epoch {epoch.epoch}, after {tuple(info['input_shape'])}"
-                " (padded per batch?): the sketch and fingerprints stop there; pass fixed-size inputs, or a dict "
-                "with an attention_mask, to sketch variable-length inputs")
-            return False
-        return True
-
-    def _sketch_every(self, split: str) -> int:
-        """Every how many batches feed the input sketch, for about `sketch_rows` samples an epoch."""
-        info = self._manifest["splits"][split]
-        every = info.get("sketch_every")
-        if every is None:
-            size = info.get("dataset_size") or self._first_epoch_size(split)
-            if not size:  # an unknown length: sketch all of the first epoch, then scale down
-                return 1
-            batch = max(self._loaders[split].batch_size or 1, 1) if split in self._loaders else 1
-            batches = max(size // batch, 1)
-            every = info["sketch_every"] = max(1, batches * batch // self._manifest["sketch"]["rows"])
-        return every
-
-    def _fingerprint(self, split: str, num_features: int) -> Projection:
-        """A fixed random direction: one number per input, equal across epochs when the input is."""
-        fp = self._fingerprints.get(split)
-        if fp is None:
-            fp = self._fingerprints[split] = Projection(num_features, 1, self._manifest["sketch"]["seed"] + 1,
-                                                        identity=False)
-        return fp
-
-    def _first_epoch_size(self, split: str) -> int | None:
-        """Samples in the split's first committed epoch (for datasets of unknown length)."""
-        seen = [e["samples"] or e["recorded"] for e in self._manifest["epochs"] if e["split"] == split]
-        return seen[0] if seen else None
-
-    def _projection_for(self, split: str) -> Projection:
-        """The split's projection for the reservoir (its sketch shape is known once a batch was sketched)."""
-        shape = self._manifest["splits"][split]["sketch_shape"]
-        projection = self._projection.get(split)
-        if projection is None:
-            cfg = self._manifest["sketch"]
-            projection = self._projection[split] = Projection(int(np.prod(shape)), cfg["dim"], cfg["seed"])
-        return projection
-
     def _flush(self, epoch: EpochBuffer) -> None:
         """Hand the epoch's gathered chunk to the writer thread."""
         chunk = epoch.take_chunk()
@@ -602,17 +508,6 @@ class Tracker:
         if self._closed:
             raise RuntimeError("this Tracker is closed; open the run again with "
                                "dataaudit.Tracker(run_dir) to resume it")
-
-
-def _check_rows(name: str, tensor: Any, n: int, *, ndim: int | None) -> torch.Tensor:
-    if not isinstance(tensor, torch.Tensor):
-        raise TypeError(f"record() needs {name} as a tensor; got {type(tensor).__name__}")
-    if ndim is not None and tensor.ndim != ndim:
-        raise ValueError(f"record() needs {name} of shape (batch, classes); got shape {tuple(tensor.shape)}")
-    if tensor.ndim == 0 or tensor.shape[0] != n:
-        raise ValueError(f"record() got {n} losses but {name} has shape {tuple(tensor.shape)}; "
-                         f"the first dimension must be the batch ({n})")
-    return tensor
 
 
 def _close_at_exit(ref: weakref.ref) -> None:
