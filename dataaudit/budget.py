@@ -110,6 +110,18 @@ def _narrow(ids: np.ndarray) -> np.ndarray:
     return ids.astype(np.int64, copy=False)
 
 
+def entropy_counts(loss: np.ndarray, entropy: np.ndarray) -> tuple[int, int]:
+    """(finite losses, those of them at least their targets' entropy): a cross-entropy against soft targets is
+    at least their entropy (float32 rounding aside). loss, entropy : (n,), entropy NaN-free."""
+    finite = np.isfinite(loss)
+    return int(finite.sum()), int((loss[finite] >= entropy[finite] - 1e-3).sum())
+
+
+def cross_entropies(finite: int, above: int) -> bool:
+    """Whether losses are cross-entropies against soft targets: 99% of the finite ones at least their entropy."""
+    return finite > 0 and above / finite >= 0.99
+
+
 class CurveTally:
     """Per-epoch sums of the recorded losses and predictions, streamed: the `epoch_losses` table of every
     complete epoch without holding their records.
@@ -131,8 +143,9 @@ class CurveTally:
         if "target_entropy" in table.column_names:
             entropy = np.nan_to_num(table.column("target_entropy").to_numpy().astype(np.float32, copy=False),
                                     nan=0.0)
-            self._finite += int(finite.sum())
-            self._above += int((loss[finite] >= entropy[finite] - 1e-3).sum())
+            counted, above = entropy_counts(loss, entropy)
+            self._finite += counted
+            self._above += above
             adjusted = np.maximum(loss - entropy, 0.0).astype(np.float32)
         if not complete or not len(loss):  # as epoch_losses: an epoch without a recorded row has no curve point
             return
@@ -148,7 +161,7 @@ class CurveTally:
     @property
     def above_entropy(self) -> bool:
         """Whether the losses are cross-entropies against soft targets (99% of finite ones at least their entropy)."""
-        return self._finite > 0 and self._above / self._finite >= 0.99
+        return cross_entropies(self._finite, self._above)
 
     def table(self) -> pd.DataFrame:
         """Per complete epoch: epoch, loss, nonfinite, accuracy (see `checks.curves.epoch_losses`)."""

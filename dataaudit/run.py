@@ -317,10 +317,8 @@ def _loss_above_entropy(records: pd.DataFrame, *, subtract: bool | None = None) 
         return records
     loss = records["loss"].to_numpy()
     entropy = np.nan_to_num(records["target_entropy"].to_numpy(), nan=0.0)
-    finite = np.isfinite(loss)
-    # a cross-entropy is at least the targets' entropy (float32 rounding aside)
     if subtract is None:
-        subtract = bool(finite.any() and (loss[finite] >= entropy[finite] - 1e-3).mean() >= 0.99)
+        subtract = budget.cross_entropies(*budget.entropy_counts(loss, entropy))
     if subtract:
         records["loss"] = np.maximum(loss - entropy, 0.0).astype(np.float32)
     return records
