@@ -26,7 +26,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.compute  # noqa: F401  (pa.compute)
 
 from dataaudit import store
 
@@ -186,7 +185,7 @@ def stream(files: dict[int, list[Path]], complete: dict[int, bool], held: list[i
     held epochs), counts (epoch -> (seen, unique, order hash) for every epoch), drawn (every id drawn, unique,
     ascending; empty without `universe`) and curve (a CurveTally).
     """
-    from dataaudit.run import order_hash, unique_ids
+    from dataaudit.run import order_hash, recorded_only, unique_ids
 
     wanted = set(held)
     tables, draws, counts = [], {}, {}
@@ -205,10 +204,7 @@ def stream(files: dict[int, list[Path]], complete: dict[int, bool], held: list[i
         counts[epoch] = (len(ids), len(uniq), order_hash(ids))
         if universe:
             drawn = unique_ids(np.concatenate([drawn, uniq.astype(np.int64)]))
-        recorded = table.column("recorded")
-        if recorded.null_count or not pa.compute.all(recorded).as_py():
-            table = table.filter(pa.compute.fill_null(recorded, False))
-        table = table.drop_columns(["recorded"])
+        table = recorded_only(table)
         curve.add(epoch, table, complete=complete.get(epoch, False))
         if epoch in wanted:
             tables.append(table)

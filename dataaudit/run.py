@@ -267,14 +267,20 @@ def _load_records(record_files: dict[int, list[Path]], numbers: list[int], num_c
     del epoch_of, ids
     # filtered and converted in arrow, which frees each column as pandas takes it: at 20M rows
     # the table is about 1 GB, and a copy of it in pandas would double the peak
-    recorded = rows.column("recorded")
-    if recorded.null_count or not pa.compute.all(recorded).as_py():
-        rows = rows.filter(pa.compute.fill_null(recorded, False))
-    rows = rows.drop_columns(["recorded"])
+    rows = recorded_only(rows)
     records = _loss_above_entropy(rows.to_pandas(split_blocks=True, self_destruct=True))
     del rows
     pa.default_memory_pool().release_unused()  # hand the table's memory back to the system now
     return records, draws
+
+
+def recorded_only(table: pa.Table) -> pa.Table:
+    """The rows of a records table that record() recorded (not the drawn-but-unrecorded ones), without the
+    `recorded` column."""
+    recorded = table.column("recorded")
+    if recorded.null_count or not pa.compute.all(recorded).as_py():
+        table = table.filter(pa.compute.fill_null(recorded, False))
+    return table.drop_columns(["recorded"])
 
 
 def _stream_split(record_files: dict[int, list[Path]], complete: dict[int, bool], held: list[int],
@@ -298,14 +304,7 @@ def _stream_split(record_files: dict[int, list[Path]], complete: dict[int, bool]
         pa.default_memory_pool().release_unused()
     else:
         records = _empty_records()
-    universe = size if size is not None else len(got["drawn"])
-    rows_of = []
-    for epoch in sorted(got["counts"]):
-        seen, unique, order = got["counts"][epoch]
-        rows_of.append({"epoch": epoch, "seen": seen, "unique": unique, "missing": max(universe - unique, 0),
-                        "duplicates": seen - unique, "complete": bool(complete.get(epoch, False)),
-                        "order_hash": order})
-    coverage = pd.DataFrame(rows_of, columns=COVERAGE_COLUMNS).astype({"complete": bool})
+    coverage = coverage_from_counts(got["counts"], complete, size if size is not None else len(got["drawn"]))
     draws = budget.StoredDraws(record_files, got["draws"])
     return records, draws, coverage, {"held_epochs": tuple(held), "epoch_curve": got["curve"].table()}
 
@@ -487,17 +486,18 @@ def coverage_table(draws: dict[int, np.ndarray], complete: dict[int, bool], data
 
     Without a dataset size (explicit ids), the dataset is taken to be every id drawn in any epoch.
     """
-    if dataset_size is None:
-        universe = len(union_ids(draws.values()))
-    else:
-        universe = dataset_size
-    rows = []
-    for epoch in sorted(draws):
-        ids = draws[epoch]
-        unique = len(unique_ids(ids))
-        rows.append({"epoch": epoch, "seen": len(ids), "unique": unique, "missing": max(universe - unique, 0),
-                     "duplicates": len(ids) - unique, "complete": bool(complete.get(epoch, False)),
-                     "order_hash": order_hash(ids)})
+    universe = len(union_ids(draws.values())) if dataset_size is None else dataset_size
+    counts = {epoch: (len(ids), len(unique_ids(ids)), order_hash(ids)) for epoch, ids in draws.items()}
+    return coverage_from_counts(counts, complete, universe)
+
+
+def coverage_from_counts(counts: dict[int, tuple[int, int, str]], complete: dict[int, bool],
+                         universe: int) -> pd.DataFrame:
+    """The `coverage_table` of epochs known by their counts: epoch -> (seen, unique, order hash), against a
+    dataset of `universe` ids."""
+    rows = [{"epoch": epoch, "seen": seen, "unique": unique, "missing": max(universe - unique, 0),
+             "duplicates": seen - unique, "complete": bool(complete.get(epoch, False)), "order_hash": order}
+            for epoch, (seen, unique, order) in sorted(counts.items())]
     return pd.DataFrame(rows, columns=COVERAGE_COLUMNS).astype({"complete": bool})
 
 
