@@ -44,7 +44,8 @@ from dataaudit.track.sampler_info import sampler_facts
 from dataaudit.track.task import infer_task, read_batch
 
 # What record() gathers on the device for the writer thread (losses, logits, sketched inputs) is handed over
-# at this many bytes at most, and at `flush_rows` samples.
+# at this many samples (unless flush_rows says otherwise) or this many bytes, whichever comes first.
+_FLUSH_ROWS = 65536
 _BUFFER_BUDGET = 64 << 20
 
 
@@ -289,7 +290,7 @@ class Tracker:
         epoch.buffered_bytes += sum(t.numel() * t.element_size() for t in row.values() if isinstance(t, torch.Tensor))
         if self._watch is not None:
             self._watch.note_loss(row["loss"])
-        if epoch.buffered >= (self.flush_rows or 65536) or epoch.buffered_bytes >= _BUFFER_BUDGET:
+        if epoch.buffered >= (self.flush_rows or _FLUSH_ROWS) or epoch.buffered_bytes >= _BUFFER_BUDGET:
             self._flush(epoch)
 
     def close(self) -> None:
