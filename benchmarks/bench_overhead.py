@@ -17,10 +17,14 @@ Besides the ratio, the host CPU cost per sample of:
   the optimizer hooks, waiting for the epoch-end commits, create and close).
 
     python benchmarks/bench_overhead.py [--rounds 15] [--optimizer sgd adam]
-        [--without inputs logits watch] [--activations K]
+        [--without inputs logits watch] [--activations K] [--device cuda] [--model mlp conv]
 
 --without leaves parts of the capture out, to see what each costs;
---activations K turns on the activation probe every K steps.
+--activations K turns on the activation probe every K steps. --device cuda runs
+the loop on a GPU (batches from pinned host memory, copied without blocking;
+each run ends with a synchronize), and --model conv swaps the MLP for a small
+convolutional net on 3 x 32 x 32 inputs, whose steps keep a GPU busy rather
+than its host.
 Target (issue 14): ratio <= 1.03 with SGD and with Adam.
 """
 from __future__ import annotations
@@ -39,15 +43,29 @@ from torch.utils.data import DataLoader, TensorDataset
 EPOCHS = 2
 
 
+def _model(name: str) -> tuple[nn.Module, tuple[int, ...]]:
+    """The model and the shape of one input."""
+    if name == "mlp":
+        return nn.Sequential(nn.Linear(256, 512), nn.ReLU(), nn.Linear(512, 512), nn.ReLU(), nn.Linear(512, 10)), (256,)
+    blocks = []
+    for c_in, c_out in ((3, 64), (64, 128), (128, 256)):
+        blocks += [nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(),
+                   nn.Conv2d(c_out, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(),
+                   nn.MaxPool2d(2)]
+    return nn.Sequential(*blocks, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(256, 10)), (3, 32, 32)
+
+
 class Loop:
     """The reference training loop; `run(run_dir)` trains EPOCHS epochs, tracked when run_dir is given."""
 
-    def __init__(self, optimizer: str, samples: int, without: list[str], activations: int):
+    def __init__(self, optimizer: str, samples: int, without: list[str], activations: int,
+                 device: str = "cpu", model: str = "mlp"):
         torch.manual_seed(0)
-        data = TensorDataset(torch.randn(samples, 256), torch.randint(0, 10, (samples,)))
-        self.loader = DataLoader(data, batch_size=256, shuffle=True)
-        self.model = nn.Sequential(nn.Linear(256, 512), nn.ReLU(), nn.Linear(512, 512), nn.ReLU(),
-                                   nn.Linear(512, 10))
+        self.device = torch.device(device)
+        self.model, shape = _model(model)
+        self.model.to(self.device)
+        data = TensorDataset(torch.randn(samples, *shape), torch.randint(0, 10, (samples,)))
+        self.loader = DataLoader(data, batch_size=256, shuffle=True, pin_memory=self.device.type == "cuda")
         params = self.model.parameters()
         self.opt = (torch.optim.SGD(params, lr=0.01, momentum=0.9) if optimizer == "sgd"
                     else torch.optim.Adam(params, lr=1e-3))
@@ -67,6 +85,7 @@ class Loop:
                 tracker.watch(self.opt, model=self.model, activations=self.activations)
         for _ in range(EPOCHS):
             for xb, yb in batches:
+                xb, yb = xb.to(self.device, non_blocking=True), yb.to(self.device, non_blocking=True)
                 logits = self.model(xb)
                 losses = F.cross_entropy(logits, yb, reduction="none")
                 if tracker is not None:
@@ -80,6 +99,8 @@ class Loop:
         if tracker is not None:
             tracker.close()
             writer_s = tracker._writer.cpu_s
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
         return {"wall": time.perf_counter() - start, "thread": time.thread_time() - thread_start,
                 "record": record_s, "writer": writer_s}
 
@@ -122,6 +143,9 @@ def main() -> None:
                     help="leave parts of the capture out, to see what each costs")
     ap.add_argument("--activations", type=int, default=0,
                     help="probe dead/saturated units every K steps (watch(activations=K)); 0: off")
+    ap.add_argument("--device", default="cpu", help="cpu, or cuda where a GPU is present")
+    ap.add_argument("--model", nargs="+", default=["mlp"], choices=["mlp", "conv"],
+                    help="mlp: 256-512-512-10 (the reference); conv: six 3x3 convolutions on 3x32x32 inputs")
     args = ap.parse_args()
 
     import dataaudit  # noqa: F401  (imported before any timing)
@@ -129,16 +153,17 @@ def main() -> None:
     label = f" without {', '.join(args.without)}" if args.without else ""
     if args.activations:
         label += f", activation probe every {args.activations} steps"
+    where = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"{torch.get_num_threads()} threads"
     print(f"capture overhead{label}: whole runs of {EPOCHS} epochs, {args.samples:,} samples, "
-          f"torch threads {torch.get_num_threads()}, {args.rounds} rounds")
-    print(f"{'optimizer':>9} {'ratio':>6} {'(IQR)':>14} {'untracked':>9} {'tracked':>8}   "
+          f"{args.device} ({where}), {args.rounds} rounds")
+    print(f"{'model':>5} {'optimizer':>9} {'ratio':>6} {'(IQR)':>14} {'untracked':>9} {'tracked':>8}   "
           f"host CPU per sample: record(), writer thread, rest of the training thread")
     with tempfile.TemporaryDirectory() as tmp:
-        for name in args.optimizer:
-            loop = Loop(name, args.samples, args.without, args.activations)
-            r = measure(loop, args.rounds, Path(tmp) / name)
+        for model, name in ((m, o) for m in args.model for o in args.optimizer):
+            loop = Loop(name, args.samples, args.without, args.activations, args.device, model)
+            r = measure(loop, args.rounds, Path(tmp) / f"{model}-{name}")
             q1, q3 = r["quartiles"]
-            print(f"{name:>9} {r['ratio']:>6.3f} {f'({q1:.3f}-{q3:.3f})':>14} {r['untracked_s']:>8.2f}s "
+            print(f"{model:>5} {name:>9} {r['ratio']:>6.3f} {f'({q1:.3f}-{q3:.3f})':>14} {r['untracked_s']:>8.2f}s "
                   f"{r['tracked_s']:>7.2f}s   {r['record_us']:.2f} us, {r['writer_us']:.2f} us, "
                   f"{r['other_us']:.2f} us", flush=True)
     print("target (issue 14): ratio <= 1.03 with SGD and with Adam, watch, create and close included")

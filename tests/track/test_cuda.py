@@ -18,7 +18,8 @@ cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA de
 
 
 @cuda
-def test_training_thread_never_synchronises(run_dir):
+@pytest.mark.parametrize("every", [3, None])   # a fixed cadence, and the default adaptive one
+def test_training_thread_never_synchronises(run_dir, every):
     device = torch.device("cuda")
     ds = TensorDataset(torch.randn(2048, 32), torch.randint(0, 5, (2048,)))
     model = torch.nn.Sequential(torch.nn.Linear(32, 64), torch.nn.ReLU(), torch.nn.Linear(64, 5)).to(device)
@@ -39,7 +40,7 @@ def test_training_thread_never_synchronises(run_dir):
             warnings.simplefilter("always")
             with dataaudit.Tracker(run_dir, flush_rows=512) as tracker:
                 tracked = tracker.wrap(loader)
-                tracker.watch(opt, model=model, every=3, activations=2)  # the probes may not synchronise either
+                tracker.watch(opt, model=model, every=every, activations=2)  # the probes may not synchronise either
                 torch.cuda.set_sync_debug_mode("warn")
                 for _ in range(2):
                     for x, y in tracked:
@@ -51,7 +52,7 @@ def test_training_thread_never_synchronises(run_dir):
                         losses.mean().backward()
                         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0, foreach=True)
                         opt.step()
-                    # the end of an epoch waits for its commit on purpose; steps may not
+                    # neither the steps nor the end of an epoch (its commit is handed to the writer) may wait
                     torch.cuda.set_sync_debug_mode(0)
                     main = syncs.count("MainThread")
                     torch.cuda.set_sync_debug_mode("warn")
