@@ -10,7 +10,9 @@ place; above zero: the last step's gradient was never cleared).
 With `note_losses`, a hook on the recorded per-sample losses sums the weight
 backward gave them (1 for `losses.mean()`, 1/n for `losses.mean() / n`,
 the batch size for `losses.sum()`): summed over a step's passes it tells
-whether accumulated micro-batches were averaged or added up.
+whether accumulated micro-batches were averaged or added up. It is looked at on every
+LOSS_EVERY-th step and on at least one step of each epoch (a hook costs about as much as the step's
+other bookkeeping together).
 Device values are copied once per epoch, by the function `take` returns (on the tracker's writer thread).
 """
 from __future__ import annotations
@@ -20,6 +22,9 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
+
+# The loss weight is read on every this many optimizer steps (and on at least one step of each epoch).
+LOSS_EVERY = 8
 
 
 class BackwardCounter:
@@ -34,6 +39,9 @@ class BackwardCounter:
         self._cleared = 0                    # steps whose first pass found .grad None
         self._leftover: list[torch.Tensor] = []   # norm of .grad at the first pass of a step
         self._weights: list[torch.Tensor] = []
+        self._steps = 0                      # steps counted, over the whole run
+        self._sample = True                  # whether the step under way has its loss weight read
+        self._epoch_unsampled = False        # the epoch has read no weight yet: sample its next step
         self._handles = [optimizer.register_step_post_hook(self._step)]
         if param is not None:
             self._handles.append(param.register_hook(self._backward))
@@ -49,8 +57,8 @@ class BackwardCounter:
                 self._leftover.append(torch.linalg.vector_norm(held.detach()).float())
 
     def note_losses(self, losses: torch.Tensor) -> None:
-        """Watch the weight backward gives the recorded losses (batch,)."""
-        if losses.requires_grad:
+        """Watch the weight backward gives the recorded losses (batch,), on the steps sampled (see LOSS_EVERY)."""
+        if losses.requires_grad and self._sample:
             losses.register_hook(self._loss_grad)
 
     def _loss_grad(self, grad: torch.Tensor) -> None:
@@ -64,6 +72,10 @@ class BackwardCounter:
         if self._passes == 0 and self._param is not None and self._param.grad is None:
             return  # a step with no gradient at all (the first parameter is unused): nothing to count
         self._per_step[self._passes] += 1
+        self._steps += 1
+        # decided at a step's start, for all of its passes: a step half read would give a partial weight
+        self._sample = self._steps % LOSS_EVERY == 0 or self._epoch_unsampled
+        self._epoch_unsampled &= not self._sample
         if self._weight is not None:
             self._weights.append(self._weight)
         self._passes, self._after_step, self._weight = 0, True, None
@@ -74,6 +86,7 @@ class BackwardCounter:
         per_step, cleared, leftover, weights = dict(self._per_step), self._cleared, self._leftover, self._weights
         self._per_step = Counter()
         self._cleared, self._leftover, self._weights = 0, [], []
+        self._epoch_unsampled = True
 
         def resolve() -> dict[str, Any] | None:
             steps = sum(per_step.values())

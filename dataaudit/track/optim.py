@@ -98,9 +98,11 @@ class OptimizerWatch:
             optimizer.register_step_pre_hook(self._pre),
             optimizer.register_step_post_hook(self._post),
         ]
-        for p in self.params:
-            if p.requires_grad:
-                self._handles.append(p.register_post_accumulate_grad_hook(self._grad_hook))
+        # One hook queues the read per backward pass: on the first and the last trained parameter (the input
+        # and output ends of most models, used by every pass), not on every one of hundreds of tensors.
+        trained = [p for p in self.params if p.requires_grad]
+        for p in {id(p): p for p in trained[:1] + trained[-1:]}.values():
+            self._handles.append(p.register_post_accumulate_grad_hook(self._grad_hook))
         self._scaler_step = None
         if scaler is not None:
             self._wrap_scaler(scaler)

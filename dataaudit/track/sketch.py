@@ -47,7 +47,8 @@ class Projection:
         if isinstance(x, torch.Tensor):
             m = self._on_device.get(x.device)
             if m is None:
-                m = self._on_device[x.device] = torch.from_numpy(self.matrix).to(x.device)
+                # once per device; non-blocking, so that the training thread does not wait for the device
+                m = self._on_device[x.device] = torch.from_numpy(self.matrix).to(x.device, non_blocking=True)
             out = x @ m
         else:
             out = x @ self.matrix

@@ -23,8 +23,11 @@ BUFFERS = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq", "momentum_buffer", "square
 
 
 def _value(x: Any) -> Any:
-    # a copy: Adam increments its step tensor in place, and the value is read later, on the writer thread
-    return x.detach().float().reshape(()).clone() if isinstance(x, torch.Tensor) else (None if x is None else float(x))
+    """A scalar's value now: a float, or for a device tensor a copy (Adam increments its step tensor in place,
+    and a device value is read later, on the writer thread, so that training never waits for the device)."""
+    if isinstance(x, torch.Tensor):
+        return float(x) if x.device.type == "cpu" else x.detach().float().reshape(()).clone()
+    return None if x is None else float(x)
 
 
 class StateProbe:
@@ -61,9 +64,13 @@ class StateProbe:
             steps = [_value(s["step"]) for s in states if "step" in s]
             if steps:
                 entry["step"] = len(values)
-                tensors = [v for v in steps if isinstance(v, torch.Tensor)]
-                values.append(max(steps) if not tensors else torch.stack(
-                    [torch.as_tensor(v, dtype=torch.float32).to(tensors[0].device) for v in steps]).max())
+                tensors = [v for v in steps if isinstance(v, torch.Tensor)]   # on a device (capturable Adam)
+                floats = [v for v in steps if not isinstance(v, torch.Tensor)]
+                if not tensors:
+                    values.append(max(floats))
+                else:   # no host value is copied to the device: that copy would wait for it
+                    top = torch.stack([t.to(tensors[0].device) for t in tensors]).max()
+                    values.append(top.clamp_min(max(floats)) if floats else top)
             for key in BUFFERS:
                 buffers = [s[key] for s in states if isinstance(s.get(key), torch.Tensor)]
                 if buffers:

@@ -456,14 +456,16 @@ class Tracker:
         self._note_unrecorded()
         epoch.ended = True
         self._open.pop(epoch.split, None)
+        # The probes' device work first: once the epoch's chunk is handed over, the writer thread competes
+        # with the training thread for the cores (and the GIL).
+        if epoch.split == "train" and self._probes is not None:
+            self._probes.epoch_end(epoch=epoch.epoch, session=self._session, step=self._watch.step,
+                                   submit=self._committer.submit_patch)
         self._flush(epoch)
         sketch = epoch.sketch_files()
         self._writer.submit(lambda: epoch.finish(self.path, sketch))
         if epoch.split == "train":
             self._write_steps()
-            if self._probes is not None:
-                self._probes.epoch_end(epoch=epoch.epoch, session=self._session, step=self._watch.step,
-                                       submit=self._committer.submit_patch)
         # Frameworks stop after len() batches without exhausting the iterator: complete all the same.
         complete = exhausted or (epoch.expected_batches is not None and epoch.batches >= epoch.expected_batches)
         entry = {

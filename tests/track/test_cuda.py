@@ -5,7 +5,9 @@ Runs only where a GPU is present (the device tool's machine); CI has none.
 from __future__ import annotations
 
 import threading
+import traceback
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -24,11 +26,13 @@ def test_training_thread_never_synchronises(run_dir, every):
     ds = TensorDataset(torch.randn(2048, 32), torch.randint(0, 5, (2048,)))
     model = torch.nn.Sequential(torch.nn.Linear(32, 64), torch.nn.ReLU(), torch.nn.Linear(64, 5)).to(device)
     opt = torch.optim.Adam(model.parameters())
-    syncs: list[str] = []
+    syncs: list[tuple[str, str]] = []
     show = warnings.showwarning
 
-    def note(message, category, *args, **kwargs):  # which thread synchronised
-        syncs.append(threading.current_thread().name)
+    def note(message, category, *args, **kwargs):  # which thread synchronised, and where
+        frames = [f"{Path(f.filename).name}:{f.lineno} {f.name}" for f in traceback.extract_stack()
+                  if "dataaudit" in f.filename or "test_cuda" in f.filename]
+        syncs.append((threading.current_thread().name, " < ".join(reversed(frames[-4:]))))
 
     loader = DataLoader(ds, batch_size=128, shuffle=True)
     warmup = [(x.to(device), y.to(device)) for x, y in loader]  # CUDA context and kernels ready
@@ -54,12 +58,12 @@ def test_training_thread_never_synchronises(run_dir, every):
                         opt.step()
                     # neither the steps nor the end of an epoch (its commit is handed to the writer) may wait
                     torch.cuda.set_sync_debug_mode(0)
-                    main = syncs.count("MainThread")
+                    main = [where for thread, where in syncs if thread == "MainThread"]
                     torch.cuda.set_sync_debug_mode("warn")
                 torch.cuda.set_sync_debug_mode(0)
     finally:
         warnings.showwarning = show
         torch.cuda.set_sync_debug_mode(0)
-    assert main == 0, f"the training thread synchronised {main} times"
+    assert not main, f"the training thread synchronised {len(main)} times: " + "; ".join(main)
     run = dataaudit.load_run(run_dir)
     assert len(run.records) == 2 * 2048 and run.steps["clipped"].notna().all()
