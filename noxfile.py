@@ -41,6 +41,11 @@ def bench(session: nox.Session) -> None:
                 "print(f'import dataaudit: {time.perf_counter() - t:.2f} s (target < 1 s)')")
     session.run("python", "benchmarks/bench_latency.py")  # --help, import, analyze of the demo run
     session.run("python", "benchmarks/bench_overhead.py")
+    # the same on a GPU loop, where torch sees one (benchmarks/cuda_checks.sh runs it with the CUDA tests)
+    if session.run("python", "-c", "import torch; print(torch.cuda.is_available())", silent=True).strip() == "True":
+        session.run("python", "benchmarks/bench_overhead.py", "--device", "cuda", "--model", "mlp", "conv")
+    else:
+        session.log("no CUDA device here: the GPU capture overhead comes from benchmarks/cuda_checks.sh")
     # analyze time and memory against samples and epochs (the long points: --curve --large --keep DIR)
     session.run("python", "benchmarks/bench_scale.py", "--curve")
     session.run("python", "benchmarks/bench_neighbors.py")  # scan's neighbour search: before/after, same results
