@@ -22,7 +22,7 @@ _EXPORTS = {
     "analyze": "dataaudit.audit",
     "Run": "dataaudit.run",
     "Split": "dataaudit.run",
-    "load_run": "dataaudit.run",
+    "load_run": "dataaudit.load",
     "RunFormatError": "dataaudit.store",
     "probe": "dataaudit.probes",
 }
@@ -31,8 +31,9 @@ __all__ = ["Audit", "Run", "RunFormatError", "Split", "Tracker", "__version__", 
 
 if TYPE_CHECKING:
     from dataaudit.audit import Audit, analyze
+    from dataaudit.load import load_run
     from dataaudit.probes import probe
-    from dataaudit.run import Run, Split, load_run
+    from dataaudit.run import Run, Split
     from dataaudit.store import RunFormatError
     from dataaudit.track import Tracker
 

@@ -10,8 +10,9 @@ from typing import TYPE_CHECKING, Any
 from dataaudit import probes, store
 from dataaudit.attribution import attribute
 from dataaudit.checks import REGISTRY, CheckResult, Finding, flagging, get_check
+from dataaudit.load import load_run
 from dataaudit.reconcile import reconcile
-from dataaudit.run import Run, load_run
+from dataaudit.run import Run
 
 if TYPE_CHECKING:
     import pandas as pd

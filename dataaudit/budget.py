@@ -126,7 +126,7 @@ class CurveTally:
     complete epoch without holding their records.
 
     With soft targets the loss is read less the targets' entropy when the whole run's losses are
-    cross-entropies against them (as `run._loss_above_entropy` decides on the held records).
+    cross-entropies against them (as `load._loss_above_entropy` decides on the held records).
     """
 
     def __init__(self) -> None:
@@ -185,7 +185,8 @@ def stream(files: dict[int, list[Path]], complete: dict[int, bool], held: list[i
     held epochs), counts (epoch -> (seen, unique, order hash) for every epoch), drawn (every id drawn, unique,
     ascending; empty without `universe`) and curve (a CurveTally).
     """
-    from dataaudit.run import order_hash, recorded_only, unique_ids
+    from dataaudit.load import recorded_only
+    from dataaudit.run import order_hash, unique_ids
 
     wanted = set(held)
     tables, draws, counts = [], {}, {}

@@ -1,9 +1,7 @@
 from __future__ import annotations
 
 import numpy as np
-import pyarrow.dataset as pads
 
-from dataaudit import load_run
 from dataaudit.run import Run, coverage_table
 from fixtures.training import blobs, train
 
@@ -25,30 +23,11 @@ def test_from_arrays_builds_a_one_epoch_run():
     assert run.train.features[0]["mean"].tolist() == [1.0] * 4
 
 
-def test_run_store_is_readable_without_dataaudit(run_dir):
-    X, y = blobs(n=50)
-    train(run_dir, X, y, epochs=2)
-    table = pads.dataset(run_dir / "records", format="parquet", partitioning="hive").to_table()
-    assert table.num_rows == 100
-    assert set(table.column("split").to_pylist()) == {"train"}
-    assert sorted(set(table.column("epoch").to_pylist())) == [0, 1]
-
-
-def test_empty_run_loads(run_dir):
-    import dataaudit
-    dataaudit.Tracker(run_dir).close()
-    run = load_run(run_dir)
-    assert len(run.records) == 0 and run.train.epochs == []
-    audit = dataaudit.analyze(run_dir)
-    assert audit.results["coverage"].status == "skipped"
-
-
 def test_top_k_probabilities_are_stored_and_rebuilt(tmp_path):
     """Above max_prob_classes the records hold each sample's top-k classes; Split.probs rebuilds full rows."""
     import pyarrow.parquet as pq
 
-    from dataaudit.run import load_run
-    from fixtures.training import blobs, train
+    from dataaudit.load import load_run
 
     X, y = blobs(n=200, d=8, k=12, seed=0)
     train(tmp_path / "run", X, y, epochs=2, max_prob_classes=4, top_k_probs=3)

@@ -15,9 +15,9 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from dataaudit.load import load_run
 from dataaudit.probes import arms as arms_
 from dataaudit.probes import data, results, runner, share
-from dataaudit.run import load_run
 
 # The default budget: at most this share of the original run's samples processed.
 BUDGET = 0.2

@@ -224,7 +224,7 @@ def _first_line(e: Exception) -> str:
 
 
 def _load_tracked(run_dir: str | Path):
-    from dataaudit.run import load_run
+    from dataaudit.load import load_run
     from dataaudit.store import RunFormatError
 
     try:
