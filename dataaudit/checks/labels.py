@@ -21,9 +21,10 @@ It stays quiet when the evidence is weak: when the model's predictions agree wit
 the given labels hardly better than always guessing the commonest class, or when
 more than half the labels would be called wrong, nothing is flagged and the
 finding says why. And a mislabeled sample is one the model keeps assigning to one
-other class; when, over the window, the flagged samples' predictions wander
-(a model still learning, or hampered by its inputs), only those it consistently
-assigns elsewhere are kept, the evidence is called moderate and the finding is info.
+other class; when, over the later half of the window (its early epochs belong to
+a model still learning), the flagged samples' predictions wander (a model hampered
+by its inputs or its optimizer), only those it consistently assigns elsewhere are
+kept, the evidence is called moderate and the finding is info.
 
 A model that cannot fit is not a dataset with wrong labels: a class whose samples
 the model still predicts as their label less than half the time at the end of
@@ -242,9 +243,11 @@ def _compute_label_issues(d: Dynamics, k: int) -> CheckResult:
     # label quality: the window's probability of the given label (or a squashed margin without probabilities)
     quality = pp[np.arange(n), d.labels] if pp is not None else 1 / (1 + np.exp(-aum))
     suggested = _suggest(pp, d.labels) if pp is not None else _modal_other(d.pred[:, first:end], d.labels)
-    # share of window epochs in which the model predicted the suggested class
-    drawn = d.pred[:, first:end] >= 0  # epochs a sample was drawn in (and kept)
-    consistency_of = (d.pred[:, first:end] == suggested[:, None]).sum(1) / np.maximum(drawn.sum(1), 1)
+    # share of epochs in which the model predicted the suggested class, over the window's later half: its early
+    # epochs belong to a model still learning (on a hard dataset a sample is learnt epochs after it is first seen)
+    late = d.pred[:, first + (end - first) // 2:end]
+    drawn = late >= 0  # epochs a sample was drawn in (and kept)
+    consistency_of = (late == suggested[:, None]).sum(1) / np.maximum(drawn.sum(1), 1)
     consistency = float(consistency_of[flagged].mean()) if flagged.any() else 1.0
     settled = consistency >= _MIN_CONSISTENCY
     if not settled:
@@ -312,7 +315,8 @@ def _compute_label_issues(d: Dynamics, k: int) -> CheckResult:
         findings.append(Finding(
             NAME, "info",
             f"The model keeps changing its predictions for the samples it disagrees with (they go to the same "
-            f"other class in {consistency:.0%} of epochs, against 90% or more for mislabeled samples): "
+            f"other class in {consistency:.0%} of the window's later epochs, against 90% or more for mislabeled "
+            f"samples): "
             f"only the {int(flagged.sum())} it consistently assigns elsewhere are listed.",
             remedy="Fix what holds training back (optimizer, feature scale) and audit the labels again.",
             evidence={"consistency": round(consistency, 3)}))

@@ -125,6 +125,23 @@ def test_wrong_labels_in_every_class_stay_critical(rng):
     assert _f1(result.details["label_issues"], np.flatnonzero(flipped)) > 0.95
 
 
+def test_flips_learnt_late_are_judged_on_the_epochs_after_learning(rng):
+    # a hard dataset: for the first half of the run the model still guesses (every sample, clean or not);
+    # then it predicts each flipped sample as its true class every epoch. The early guessing is not doubt.
+    n, k, n_epochs, learnt = 1000, 10, 12, 6
+    y = np.arange(n) % k
+    flipped = rng.random(n) < 0.15
+    true = np.where(flipped, (y + 1) % k, y)
+    guessing = rng.integers(0, k, (n, learnt))
+    pred = np.concatenate([guessing, true[:, None].repeat(n_epochs - learnt, 1)], axis=1).astype(np.int32)
+    margin = np.concatenate([np.where(flipped, -0.3, 0.3)[:, None].repeat(learnt, 1),
+                             np.where(flipped, -1.0, 2.0)[:, None].repeat(n_epochs - learnt, 1)], axis=1)
+    result = labels._compute_label_issues(
+        labels.Dynamics(np.arange(n), y, margin, pred, None, list(range(n_epochs))), k)
+    assert result.status == "critical" and result.details["evidence"] == "strong"
+    assert _f1(result.details["label_issues"], np.flatnonzero(flipped)) > 0.95
+
+
 @pytest.mark.parametrize("top_k", [8, 0])
 def test_many_classes_use_the_stored_top_k_or_say_why_not(tmp_path, top_k):
     """40 classes (above max_prob_classes=32): confident learning runs on the top-k probabilities the tracker
