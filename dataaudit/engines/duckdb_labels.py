@@ -13,9 +13,9 @@ The rule is the labels check's (`checks/labels.py`), every step an aggregate ove
    (lift < 0.2) or would call more than half of them wrong.
 5. Flagged: the n_issues lowest AUM, united with cleanlab's prune_by_noise_rate when probabilities are stored;
    the suggested label is the most probable other class (without probabilities: the other class predicted most
-   often); when the flagged samples' predictions wander (mean consistency < 0.8), only those predicted as their
-   suggested label in 90% of their epochs stay; samples whose label or suggested label is a class the model does
-   not fit (recall < 0.5 over the last third of the epochs) are not judged.
+   often); when the flagged samples' predictions wander (mean consistency < 0.8, over the window's later half),
+   only those predicted as their suggested label in 90% of those epochs stay; samples whose label or suggested
+   label is a class the model does not fit (recall < 0.5 over the last third of the epochs) are not judged.
 
 A run that stores only each sample's top-k probabilities (many classes), or probabilities in some files only,
 is judged by the margin rule; `labels["note"]` says so (the labels check rebuilds the top-k as dense rows).
@@ -56,7 +56,7 @@ def label_statistics(con, listing, *, window: tuple[int, int] | None = None, sam
     The per-sample table, one row per sample with a kept row: sample_id, label (its last), aum (mean over the
     window's epochs of its mean margin in each), mean_loss (likewise, finite losses), epochs_drawn (in the
     window), predicted_as_label (share of those epochs predicted as its label), suggested_label, consistency
-    (share of those epochs predicted as the suggested label), flagged.
+    (share of the window's later half predicted as the suggested label), flagged.
     """
     empty_issues = pd.DataFrame({c: pd.Series(dtype="float64" if c == "aum" else "int64") for c in _ISSUE_COLUMNS})
     empty_samples = pd.DataFrame({c: pd.Series(dtype="object") for c in _SAMPLE_COLUMNS})
@@ -230,23 +230,31 @@ def _best_window(con, windows: list[tuple[int, int]], n: int, counts: list[int] 
 def _judge(con, j: int, first: int, end: int, *, flag: bool) -> None:
     """Table `judged`: the per-sample table of window j (positions first..end-1), flagged = AUM < 0 when
     `flag`, before the consistency and unfit-class gates."""
+    late = _late_start(first, end)
     con.execute(f"""
         CREATE TABLE judged AS
         WITH votes AS (
-            SELECT sample_id, pred, count(*) AS n FROM cells
-            WHERE pos >= {first} AND pos < {end} AND pred >= 0 GROUP BY sample_id, pred),
+            SELECT sample_id, pred, pos >= {late} AS late, count(*) AS n FROM cells
+            WHERE pos >= {first} AND pos < {end} AND pred >= 0 GROUP BY sample_id, pred, late),
+        per_class AS (
+            SELECT sample_id, pred, sum(n) AS n FROM votes GROUP BY sample_id, pred),
         summary AS (
             SELECT v.sample_id, sum(v.n) AS drawn, coalesce(sum(v.n) FILTER (WHERE v.pred = s.label), 0) AS as_label,
-                   arg_max(v.pred, v.n * {_CLASS_SPAN} - v.pred) FILTER (WHERE v.pred != s.label) AS other,
-                   max(v.n) FILTER (WHERE v.pred != s.label) AS other_n
-            FROM votes v JOIN samples s USING (sample_id) GROUP BY v.sample_id)
+                   arg_max(v.pred, v.n * {_CLASS_SPAN} - v.pred) FILTER (WHERE v.pred != s.label) AS other
+            FROM per_class v JOIN samples s USING (sample_id) GROUP BY v.sample_id),
+        suggested AS (
+            SELECT s.sample_id, coalesce(m.other, s.label) AS label, m.drawn, m.as_label
+            FROM samples s LEFT JOIN summary m USING (sample_id)),
+        settled AS (
+            SELECT v.sample_id, sum(v.n) AS drawn, coalesce(sum(v.n) FILTER (WHERE v.pred = g.label), 0) AS hits
+            FROM votes v JOIN suggested g USING (sample_id) WHERE v.late GROUP BY v.sample_id)
         SELECT s.sample_id, s.label, s.aum_{j} AS aum, s.loss_{j} AS mean_loss,
-               coalesce(m.drawn, 0) AS epochs_drawn,
-               coalesce(m.as_label, 0) / greatest(coalesce(m.drawn, 0), 1) AS predicted_as_label,
-               coalesce(m.other, s.label) AS suggested_label,
-               coalesce(m.other_n, m.as_label, 0) / greatest(coalesce(m.drawn, 0), 1) AS consistency,
+               coalesce(g.drawn, 0) AS epochs_drawn,
+               coalesce(g.as_label, 0) / greatest(coalesce(g.drawn, 0), 1) AS predicted_as_label,
+               g.label AS suggested_label,
+               coalesce(l.hits, 0) / greatest(coalesce(l.drawn, 0), 1) AS consistency,
                {'s.aum_' + str(j) + ' < 0' if flag else 'false'} AS flagged, s.aum_{j} AS suspicion
-        FROM samples s LEFT JOIN summary m USING (sample_id)""")
+        FROM samples s JOIN suggested g USING (sample_id) LEFT JOIN settled l USING (sample_id)""")
 
 
 def _judge_confident(con, j: int, first: int, end: int, *, n_issues: int) -> None:
@@ -263,17 +271,24 @@ def _judge_confident(con, j: int, first: int, end: int, *, n_issues: int) -> Non
             FROM samples s JOIN cl_samples c USING (sample_id)),
         summary AS (
             SELECT r.sample_id, sum(v.n) AS drawn, sum(v.n) FILTER (WHERE v.pred = r.label) AS as_label,
-                   sum(v.n) FILTER (WHERE v.pred = r.suggested_label) AS as_suggested
+                   sum(v.n) FILTER (WHERE v.late) AS late_drawn,
+                   sum(v.n) FILTER (WHERE v.late AND v.pred = r.suggested_label) AS as_suggested
             FROM ranked r JOIN (
-                SELECT sample_id, pred, count(*) AS n FROM cells
-                WHERE pos >= {first} AND pos < {end} AND pred >= 0 GROUP BY sample_id, pred) v USING (sample_id)
+                SELECT sample_id, pred, pos >= {_late_start(first, end)} AS late, count(*) AS n FROM cells
+                WHERE pos >= {first} AND pos < {end} AND pred >= 0 GROUP BY sample_id, pred, late) v USING (sample_id)
             GROUP BY r.sample_id)
         SELECT r.sample_id, r.label, r.aum, r.mean_loss, coalesce(m.drawn, 0) AS epochs_drawn,
                coalesce(m.as_label, 0) / greatest(coalesce(m.drawn, 0), 1) AS predicted_as_label,
-               r.suggested_label, coalesce(m.as_suggested, 0) / greatest(coalesce(m.drawn, 0), 1) AS consistency,
+               r.suggested_label,
+               coalesce(m.as_suggested, 0) / greatest(coalesce(m.late_drawn, 0), 1) AS consistency,
                {n_issues} > 0 AND (r.low OR r.sample_id IN (SELECT sample_id FROM cl_flagged)) AS flagged,
                r.suspicion
         FROM ranked r LEFT JOIN summary m USING (sample_id)""")
+
+
+def _late_start(first: int, end: int) -> int:
+    """The first position of the window's later half, over which consistency is judged (as the labels check)."""
+    return first + (end - first) // 2
 
 
 def _class_recall(con, n_epochs: int, k: int) -> list[float]:
