@@ -11,8 +11,8 @@ with its interquartile range. One warm-up run of each kind comes first (the
 first Tracker imports pyarrow's Parquet writer).
 
 Besides the ratio of wall times, the same ratio of the process's CPU time (all
-threads: less noisy, and what the capture takes from a machine whose cores are
-all busy), and the host CPU cost per sample of:
+threads: what the capture takes from a machine whose cores are all busy), and
+the host CPU cost per sample of:
 - record(), on the training thread;
 - the writer thread (statistics, Parquet encoding, commits);
 - everything else the tracked run adds to the training thread (the loader hook,
@@ -25,8 +25,9 @@ all busy), and the host CPU cost per sample of:
 --activations K turns on the activation probe every K steps. --device cuda runs
 the loop on a GPU (batches from pinned host memory, copied without blocking;
 each run ends with a synchronize), and --model conv swaps the MLP for a small
-convolutional net on 3 x 32 x 32 inputs, whose steps keep a GPU busy rather
-than its host.
+convolutional net on 3 x 32 x 32 inputs, whose steps weigh more on the device
+(on an H200 both loops are still host-bound: the DataLoader's collation on the
+training thread takes most of a run).
 Target (issue 14): ratio <= 1.03 with SGD and with Adam.
 """
 from __future__ import annotations
