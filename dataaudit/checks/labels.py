@@ -212,6 +212,12 @@ def _epoch_probs(split, ids: np.ndarray, epochs: list[int], k: int, j: int) -> n
     return out
 
 
+def _late_start(first: int, end: int) -> int:
+    """The first epoch position of the window's later half (window: positions first..end-1), over which
+    consistency is judged."""
+    return first + (end - first) // 2
+
+
 def _compute_label_issues(d: Dynamics, k: int) -> CheckResult:
     from cleanlab.filter import find_label_issues
 
@@ -245,7 +251,7 @@ def _compute_label_issues(d: Dynamics, k: int) -> CheckResult:
     suggested = _suggest(pp, d.labels) if pp is not None else _modal_other(d.pred[:, first:end], d.labels)
     # share of epochs in which the model predicted the suggested class, over the window's later half: its early
     # epochs belong to a model still learning (on a hard dataset a sample is learnt epochs after it is first seen)
-    late = d.pred[:, first + (end - first) // 2:end]
+    late = d.pred[:, _late_start(first, end):end]
     drawn = late >= 0  # epochs a sample was drawn in (and kept)
     consistency_of = (late == suggested[:, None]).sum(1) / np.maximum(drawn.sum(1), 1)
     consistency = float(consistency_of[flagged].mean()) if flagged.any() else 1.0

@@ -36,6 +36,7 @@ from dataaudit.checks.labels import (
     _MIN_RECALL,
     _SOFT_PURITY,
     _STRICT_CONSISTENCY,
+    _late_start,
     _window_candidates,
 )
 
@@ -284,11 +285,6 @@ def _judge_confident(con, j: int, first: int, end: int, *, n_issues: int) -> Non
                {n_issues} > 0 AND (r.low OR r.sample_id IN (SELECT sample_id FROM cl_flagged)) AS flagged,
                r.suspicion
         FROM ranked r LEFT JOIN summary m USING (sample_id)""")
-
-
-def _late_start(first: int, end: int) -> int:
-    """The first position of the window's later half, over which consistency is judged (as the labels check)."""
-    return first + (end - first) // 2
 
 
 def _class_recall(con, n_epochs: int, k: int) -> list[float]:
