@@ -20,6 +20,7 @@ the reservoir, computed here on the training thread's device (see `dataaudit.tra
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -131,7 +132,7 @@ class InputRecorder:
             info.setdefault("sketch_features", TOKEN_FEATURES)
         else:
             x = check_rows("inputs", float_tensor(inputs, key), n).detach()
-            if x[0].numel() == 0:
+            if math.prod(x.shape[1:]) == 0:  # from the shape: no tensor made per batch
                 raise ValueError(f"record() needs inputs with at least one value per sample; got shape "
                                  f"{tuple(x.shape)}")
             if not self._same_shape(epoch, info, list(x.shape[1:])):
