@@ -250,23 +250,37 @@ class OptimizerWatch:
 
 
 def _host(values: list[Any]) -> np.ndarray:
-    """Scalars, some of them device tensors or None, as one float64 array (one copy per device)."""
-    out = np.array([np.nan if v is None or isinstance(v, torch.Tensor) else float(v) for v in values])
+    """Scalars, some of them tensors or None, as one float64 array: host tensors read as they are (no torch
+    kernel on the writer thread), device ones copied once per device."""
+    out = np.full(len(values), np.nan)
     by_device: dict[torch.device, list[int]] = {}
     for i, v in enumerate(values):
-        if isinstance(v, torch.Tensor):
+        if not isinstance(v, torch.Tensor):
+            if v is not None:
+                out[i] = v
+        elif v.device.type == "cpu":
+            out[i] = float(v)
+        else:
             by_device.setdefault(v.device, []).append(i)
     for index in by_device.values():
         out[index] = torch.stack([values[i].float().reshape(()) for i in index]).cpu().numpy()
     return out
 
 
-def _mean(losses: torch.Tensor) -> Any:
-    """The mean of a step's losses: in numpy for host tensors (no torch kernel on the writer thread), else a
-    device scalar."""
-    if losses.device.type == "cpu":
-        return float(losses.detach().numpy().mean(dtype=np.float64))
-    return losses.mean()
+def _means(losses: list[torch.Tensor | None]) -> np.ndarray:
+    """The mean of each step's per-sample losses (NaN for none), float64: host tensors all at once in numpy
+    (no torch kernel, nor a Python loop of numpy calls holding the GIL, on the writer thread), device ones as
+    device scalars copied once."""
+    out = np.full(len(losses), np.nan)
+    host = [i for i, t in enumerate(losses) if t is not None and t.device.type == "cpu" and t.numel()]
+    if host:
+        sizes = np.array([losses[i].numel() for i in host])
+        values = np.concatenate([losses[i].numpy().reshape(-1) for i in host]).astype(np.float64)
+        out[host] = np.add.reduceat(values, np.cumsum(sizes) - sizes) / sizes
+    device = [i for i, t in enumerate(losses) if t is not None and t.device.type != "cpu"]
+    if device:
+        out[device] = _host([losses[i].mean() for i in device])
+    return out
 
 
 def _steps_table(rows: list[dict]) -> pa.Table | None:
@@ -278,7 +292,7 @@ def _steps_table(rows: list[dict]) -> pa.Table | None:
         "step": np.array([r["step"] for r in rows], dtype=np.int64),
         "attempt": np.array([r["attempt"] for r in rows], dtype=np.int64),
         "skipped": np.array([r["skipped"] for r in rows], dtype=bool),
-        "loss": _host([None if r["loss"] is None else _mean(r["loss"]) for r in rows]),
+        "loss": _means([r["loss"] for r in rows]),
         "grad_norm": _host([r.get("grad_norm") for r in rows]),
         # False where the gradient norm was not measured (skipped steps; between measured ones, see _measure)
         "grad_measured": np.array([r.get("grad_norm") is not None for r in rows], dtype=bool),

@@ -8,10 +8,13 @@ from dataaudit.track.batch import as_target_tensor, logit_stats, per_sample_loss
 from dataaudit.track.task import read_batch
 
 
-def test_logit_stats_match_torch(rng):
-    logits = rng.normal(size=(50, 4)).astype(np.float32)
-    labels = rng.integers(0, 4, 50)
+@pytest.mark.parametrize("k", [2, 4, 64, 65, 300])  # reduced along a (classes, n) copy up to 64 classes, by row above
+def test_logit_stats_match_torch(rng, k):
+    logits = rng.normal(size=(50, k)).astype(np.float32)
+    logits[5, :2] = logits[6, -2:] = 9.0  # tied largest logits: the first is the prediction, the margin 0
+    labels = rng.integers(0, k, 50)
     labels[:3] = -1
+    labels[5], labels[6] = 0, k - 1
     stats = logit_stats(logits, labels)
     t = torch.from_numpy(logits)
     probs = t.softmax(1).numpy()
@@ -22,6 +25,7 @@ def test_logit_stats_match_torch(rng):
     others = logits.copy()
     others[np.arange(50), np.maximum(labels, 0)] = -np.inf
     np.testing.assert_allclose(stats["margin"][ok], (logits[np.arange(50), labels] - others.max(1))[ok], rtol=1e-5)
+    assert stats["margin"][5] == stats["margin"][6] == 0
     assert np.isnan(stats["prob"][:3]).all() and np.isnan(stats["margin"][:3]).all()
 
 

@@ -24,6 +24,30 @@ def test_step_telemetry(run_dir):
     assert steps["loss"].notna().all()
 
 
+def test_each_steps_loss_is_the_mean_of_the_losses_recorded_before_it(run_dir):
+    model = torch.nn.Linear(3, 2)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    sizes = [5, 1, 4, 0, 7]  # batches of several sizes, an empty one among them
+    losses = [torch.arange(n, dtype=torch.float32) * (i + 1) for i, n in enumerate(sizes)]
+    with dataaudit.Tracker(run_dir) as tracker:
+        tracker.watch(opt)
+        loader = DataLoader(TensorDataset(torch.zeros(sum(sizes), 3)), batch_sampler=_batches(sizes),
+                            collate_fn=lambda items: torch.stack([x for (x,) in items]) if items else torch.zeros(0, 3))
+        for x, loss in zip(tracker.wrap(loader), losses, strict=True):
+            tracker.record(loss + 0 * model(x).sum(1))
+            opt.step()
+        # a step with no record() before it has no loss
+        opt.step()
+    steps = dataaudit.load_run(run_dir).steps
+    expected = [loss.double().mean().item() if len(loss) else np.nan for loss in losses] + [np.nan]
+    np.testing.assert_allclose(steps["loss"], expected, rtol=1e-12)
+
+
+def _batches(sizes: list[int]) -> list[list[int]]:
+    ends = np.cumsum(sizes)
+    return [list(range(end - n, end)) for n, end in zip(sizes, ends, strict=True)]
+
+
 def test_clipping_is_detected_on_measured_steps_and_between(run_dir):
     X, y = blobs(n=256)
     train(run_dir, X, y, epochs=2, batch_size=16, clip=1e-3)

@@ -20,6 +20,20 @@ def test_moments_match_numpy_even_far_from_zero(rng):
     np.testing.assert_array_equal(table["max"], x.max(0))
 
 
+def test_moments_of_large_chunks_far_from_the_first_chunks_mean(rng):
+    """Chunks are summed in float32 blocks: still exact to float64 tolerance when a later chunk's values sit far
+    from the shift the first chunk set, and a chunk is many blocks long."""
+    x = np.concatenate([rng.normal(0.0, 1.0, size=(100, 3)), rng.normal(300.0, 0.5, size=(50_000, 3))])
+    x = x.astype(np.float32)
+    m = Moments()
+    m.update(x[:100])
+    m.update(x[100:])
+    table = m.table().to_pandas()
+    x64 = x.astype(np.float64)
+    np.testing.assert_allclose(table["mean"], x64.mean(0), rtol=1e-6)
+    np.testing.assert_allclose(table["m2"] / len(x), x64.var(0), rtol=1e-4)
+
+
 def test_reservoir_is_bounded_and_picks_the_same_ids_each_epoch(rng):
     picked = []
     for _ in range(2):
