@@ -209,7 +209,7 @@ class Tracker:
               scaler: Any = None, every: int | None = None, scheduler: Any = None,
               activations: bool | int = False) -> None:
         """Record optimizer telemetry at every step; update norms every `every` steps (0: never; None, the
-        default: every 10 steps, sparser when measuring them would cost over 0.5% of the step time).
+        default: every 10 steps, sparser when measuring them would cost over 0.25% of the step time).
 
         Pass the AMP `scaler` (a GradScaler) to count skipped steps and unscale raw gradient norms, the
         lr `scheduler` to fingerprint its position with the optimizer's state at each epoch end, and

@@ -190,8 +190,8 @@ def test_the_adaptive_period_keeps_measuring_within_its_share_of_the_step():
     from dataaudit.track.optim import adaptive_period
 
     assert adaptive_period(1e-5, 1e-1) == 10            # cheap next to the step: every 10 steps
-    assert adaptive_period(0.5e-3, 1e-2) == 10          # 5% of a step, every 10: 0.5%
-    assert adaptive_period(2.5e-3, 1e-2) == 50          # 25% of a step: every 50
+    assert adaptive_period(0.25e-3, 1e-2) == 10         # 2.5% of a step, every 10: 0.25%
+    assert adaptive_period(2.5e-3, 1e-2) == 100         # 25% of a step: every 100
     assert adaptive_period(10.0, 1e-3) == 1000          # never sparser than every 1,000
     assert adaptive_period(1e-3, 0.0) == 10             # no interval seen yet
 
