@@ -103,8 +103,11 @@ def write_parquet_atomic(path: Path, table: pa.Table) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     # Dictionary encoding only where values repeat: on float columns it costs most of the write time.
     dictionary = [c for c in table.column_names if c in _DICTIONARY_COLUMNS]
+    # Min/max statistics where a reader can skip by them (epochs, ids, labels), not on floating-point values:
+    # on a records file they are an eighth of the write time.
+    statistics = [f.name for f in table.schema if not (pa.types.is_floating(f.type) or pa.types.is_nested(f.type))]
     # lz4: writes about twice as fast as zstd here, for files a few percent larger
-    pq.write_table(table, tmp, compression="lz4", use_dictionary=dictionary)
+    pq.write_table(table, tmp, compression="lz4", use_dictionary=dictionary, write_statistics=statistics)
     os.replace(tmp, path)
 
 
