@@ -24,7 +24,7 @@ import bench_overhead  # noqa: E402
 
 WRITER_JOBS = [("dataaudit.track.epoch", "EpochBuffer", "process"), ("dataaudit.track.epoch", "EpochBuffer", "finish"),
                ("dataaudit.track.optim", None, "write_steps"), ("dataaudit.store", None, "write_text_atomic"),
-               ("dataaudit.store", None, "write_parquet_atomic"), ("dataaudit.track.epoch", None, "records_table")]
+               ("dataaudit.store", None, "write_parquet_atomic"), ("dataaudit.track.epoch", None, "records_columns")]
 
 
 def _time_writer_jobs() -> dict[str, list[float]]:
@@ -74,7 +74,7 @@ def main() -> None:
           f"epochs, {args.runs} profiled runs; per run: wall {sum(r['wall'] for r in results) * per_run:.0f} ms, "
           f"record() {sum(r['record'] for r in results) * per_run:.1f} ms, "
           f"writer thread {sum(r['writer'] for r in results) * per_run:.1f} ms CPU")
-    print("\nwriter thread, per run (jobs nest: process holds records_table and a write_parquet_atomic):")
+    print("\nwriter thread, per run (jobs nest: process holds records_columns and a write_parquet_atomic):")
     for label, (seconds, calls) in sorted(spent.items(), key=lambda kv: -kv[1][0]):
         print(f"  {label:32} {seconds * per_run:8.2f} ms  {calls / args.runs:6.1f} calls")
     out = io.StringIO()

@@ -19,6 +19,7 @@ import pyarrow as pa
 import torch
 
 from dataaudit import store
+from dataaudit.track import arrow
 from dataaudit.track.batch import check_target_range, logit_stats
 from dataaudit.track.sketch import Moments, Reservoir
 
@@ -107,11 +108,10 @@ class EpochBuffer:
         if any(bool(r["soft"]) for r in chunk.rows if "soft" in r):  # device scalars, read here, off the loop
             self.soft_targets = True
         if chunk.rows:
-            table = records_table(chunk.rows, self.epoch, store_probs=store_probs, top_k=top_k)
+            columns = records_columns(chunk.rows, self.epoch, store_probs=store_probs, top_k=top_k)
             # drawn-but-unrecorded rows carry NaN for "no loss", not a non-finite loss
-            recorded = table.column("recorded").to_numpy(zero_copy_only=False)
-            self.nonfinite += int((~np.isfinite(table.column("loss").to_numpy()) & recorded).sum())
-            store.write_parquet_atomic(run_dir / file, table)
+            self.nonfinite += int((~np.isfinite(columns["loss"]) & columns["recorded"]).sum())
+            store.write_parquet_atomic(run_dir / file, arrow.table(columns))
 
     def finish(self, run_dir: Path, files: tuple[str, str] | None) -> None:
         """Write the epoch's input sketch to `files` (see `sketch_files`)."""
@@ -120,9 +120,9 @@ class EpochBuffer:
             store.write_parquet_atomic(run_dir / files[1], self.reservoir.table())
 
 
-def records_table(rows: list[dict], epoch: int, *, store_probs: bool, top_k: int = 0) -> pa.Table:
-    """The records of buffered rows as an Arrow table: statistics computed once over the chunk,
-    then one device-to-host copy per column.
+def records_columns(rows: list[dict], epoch: int, *, store_probs: bool, top_k: int = 0) -> dict[str, Any]:
+    """The records of buffered rows, column by column (numpy arrays; Arrow arrays for the list columns):
+    statistics computed once over the chunk, then one device-to-host copy per column.
 
     store_probs : write every class's probability (column probs); else, with top_k > 0, the top_k most
         probable classes and their probabilities (columns topk_ids, topk_probs).
@@ -162,10 +162,10 @@ def records_table(rows: list[dict], epoch: int, *, store_probs: bool, top_k: int
         if store_probs:
             probs = np.full((total, logits.shape[1]), np.nan, np.float32)
             probs[has_logits] = stats["probs"]
-            columns["probs"] = pa.FixedSizeListArray.from_arrays(pa.array(probs.reshape(-1)), probs.shape[1])
+            columns["probs"] = arrow.lists(probs)
         elif top_k:
             columns.update(top_k_columns(stats["probs"], has_logits, top_k))
-    return pa.table(columns)
+    return columns
 
 
 def top_k_columns(probs: np.ndarray, has_logits: np.ndarray, k: int) -> dict[str, pa.Array]:
@@ -178,8 +178,7 @@ def top_k_columns(probs: np.ndarray, has_logits: np.ndarray, k: int) -> dict[str
     values = np.full((len(has_logits), k), np.nan, np.float32)
     ids[has_logits] = np.take_along_axis(top, order, axis=1)
     values[has_logits] = np.take_along_axis(p, order, axis=1)
-    return {"topk_ids": pa.FixedSizeListArray.from_arrays(pa.array(ids.reshape(-1)), k),
-            "topk_probs": pa.FixedSizeListArray.from_arrays(pa.array(values.reshape(-1)), k)}
+    return {"topk_ids": arrow.lists(ids), "topk_probs": arrow.lists(values)}
 
 
 def _gather(rows: list[dict], key: str, n: np.ndarray, dtype: Any, fill: Any) -> np.ndarray:

@@ -29,10 +29,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
 import torch
 
 from dataaudit import store
+from dataaudit.track import arrow
 
 
 def _norm(tensors: list[torch.Tensor]) -> torch.Tensor:
@@ -284,7 +284,7 @@ def _means(losses: list[torch.Tensor | None]) -> np.ndarray:
     return out
 
 
-def _steps_table(rows: list[dict]) -> pa.Table | None:
+def _steps_columns(rows: list[dict]) -> dict[str, np.ndarray] | None:
     if not rows:
         return None
     n_groups = max(len(r["lr"]) for r in rows)
@@ -303,7 +303,7 @@ def _steps_table(rows: list[dict]) -> pa.Table | None:
     for g in range(n_groups):
         table["lr" if g == 0 else f"lr_{g}"] = _host([r["lr"][g] if g < len(r["lr"]) else None for r in rows])
     table["clipped"] = _clipped(table["grad_norm"], table["grad_norm_raw"])
-    return pa.table(table)
+    return table
 
 
 def _clipped(norm: np.ndarray, raw: np.ndarray) -> np.ndarray:
@@ -323,17 +323,17 @@ def _clipped(norm: np.ndarray, raw: np.ndarray) -> np.ndarray:
     return clipped
 
 
-def _layers_table(rows: list[dict], names: list[str]) -> pa.Table | None:
+def _layers_columns(rows: list[dict], names: list[str]) -> dict[str, np.ndarray] | None:
     if not rows:
         return None
     cols = {k: torch.stack([r[k] for r in rows]).cpu().numpy() for k in ("update_norm", "weight_norm", "grad_norm")}
     n = len(names)
-    return pa.table({
+    return {
         "epoch": np.repeat([r["epoch"] for r in rows], n).astype(np.int64),
         "step": np.repeat([r["step"] for r in rows], n).astype(np.int64),
-        "param": pa.array(np.tile(np.array(names, dtype=object), len(rows)), type=pa.string()),
+        "param": np.tile(np.array(names, dtype=object), len(rows)),
         **{k: v.reshape(-1).astype(np.float64) for k, v in cols.items()},
-    })
+    }
 
 
 def step_files(rows: list[dict], layer_rows: list[dict], *, rank: int, session: str) -> dict[tuple[str, int], str]:
@@ -354,10 +354,10 @@ def write_steps(run_dir: Path, rows: list[dict], layer_rows: list[dict], names: 
                 files: dict[tuple[str, int], str]) -> None:
     """Copy step and layer rows to the host (one synchronisation per column) and write them to `files`
     (see `step_files`)."""
-    for name, table in (("steps", _steps_table(rows)), ("layers", _layers_table(layer_rows, names))):
-        if table is None:
+    for name, columns in (("steps", _steps_columns(rows)), ("layers", _layers_columns(layer_rows, names))):
+        if columns is None:
             continue
-        epochs = table.column("epoch").to_numpy()
+        epochs = columns["epoch"]
         for number in np.unique(epochs):
-            part = table if epochs[0] == epochs[-1] else table.filter(epochs == number)
-            store.write_parquet_atomic(run_dir / files[(name, int(number))], part)
+            part = columns if epochs[0] == epochs[-1] else {k: v[epochs == number] for k, v in columns.items()}
+            store.write_parquet_atomic(run_dir / files[(name, int(number))], arrow.table(part))

@@ -15,6 +15,8 @@ import numpy as np
 import pyarrow as pa
 import torch
 
+from dataaudit.track import arrow
+
 
 def hash_ids(ids: np.ndarray) -> np.ndarray:
     """splitmix64 of int64 ids: a stable pseudo-random key per id, uint64."""
@@ -95,7 +97,7 @@ class Moments:
         if self._shift is None:
             return None
         mean_c = self._sum / self.count
-        return pa.table({
+        return arrow.table({
             "feature": np.arange(len(self._sum), dtype=np.int64),
             "count": np.full(len(self._sum), self.count, dtype=np.int64),
             "mean": self._shift.astype(np.float64) + mean_c,
@@ -135,8 +137,7 @@ class Reservoir:
             return None
         order = np.argsort(self.ids, kind="stable")
         values = self.values[order]
-        flat = pa.array(values.reshape(-1), type=pa.float32())
-        return pa.table({
+        return arrow.table({
             "sample_id": self.ids[order],
-            "value": pa.FixedSizeListArray.from_arrays(flat, values.shape[1]),
+            "value": arrow.lists(values.astype(np.float32, copy=False)),
         })
