@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from dataaudit.track.batch import check_rows
+from dataaudit.track.batch import check_rows, float32_copy
 from dataaudit.track.epoch import EpochBuffer, Sketched
 from dataaudit.track.sketch import Projection
 
@@ -141,7 +141,7 @@ class InputRecorder:
             row["fingerprint"] = self._fingerprint(manifest, epoch.split, flat.shape[1])(flat.float())
             x = sketch_features(x)
         if epoch.sketched_batches % self._sketch_every(manifest, epoch.split, batch_size) == 0:
-            x = x.to(torch.float32, copy=True)
+            x = float32_copy(x)
             projected = self._projection_for(manifest, epoch.split)(x)
             epoch.inputs.append(Sketched(ids, x, projected))
             epoch.buffered_bytes += (x.numel() + (projected.numel() if projected is not x else 0)) * 4

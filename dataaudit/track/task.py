@@ -28,6 +28,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from dataaudit.track.batch import float32_copy
+
 KINDS = ("classification", "binary", "regression")
 # A soft target's largest class probability must reach this (and exceed the runner-up) to be its label.
 DOMINANT = 0.5
@@ -141,7 +143,7 @@ def _logits(task: dict[str, Any], logits: torch.Tensor, n: int) -> torch.Tensor:
     k = task.get("num_classes")
     if k is not None and logits.shape[1] != k:
         raise ValueError(f"record() got logits with {logits.shape[1]} classes; earlier batches had {k}")
-    return logits.to(torch.float32, copy=True)
+    return float32_copy(logits)
 
 
 def _check_binary_values(targets: torch.Tensor) -> None:

@@ -32,7 +32,7 @@ import torch
 
 from dataaudit import store
 from dataaudit.track import lock
-from dataaudit.track.batch import TargetRangeError, as_target_tensor, check_rows, per_sample_losses
+from dataaudit.track.batch import TargetRangeError, as_target_tensor, check_rows, float32_copy, per_sample_losses
 from dataaudit.track.commit import Committer
 from dataaudit.track.epoch import EpochBuffer
 from dataaudit.track.inputs import InputRecorder
@@ -270,7 +270,7 @@ class Tracker:
         # Only copies here: the statistics are computed later over many batches at
         # once (see _flush), which costs a few kernels per chunk instead of per batch.
         # Copies, not views: loaders and CUDA graphs may reuse their buffers.
-        row: dict[str, Any] = {"ids": ids, "n": n, "loss": losses.to(torch.float32, copy=True)}
+        row: dict[str, Any] = {"ids": ids, "n": n, "loss": float32_copy(losses)}
         logits = None if logits is None else check_rows("logits", logits, n)
         targets = None if targets is None else as_target_tensor(targets)
         if targets is not None:
