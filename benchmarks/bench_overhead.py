@@ -44,8 +44,6 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 EPOCHS = 2
-TRACKER_KW = {}
-TRACKER_SET = {}
 
 
 def _model(name: str) -> tuple[nn.Module, tuple[int, ...]]:
@@ -84,9 +82,7 @@ class Loop:
         start, thread_start, cpu_start = time.perf_counter(), time.thread_time(), time.process_time()
         tracker, batches, record_s = None, self.loader, 0.0
         if run_dir is not None:
-            tracker = dataaudit.Tracker(run_dir, **TRACKER_KW)
-            for name, value in TRACKER_SET.items():
-                setattr(tracker, name, value)
+            tracker = dataaudit.Tracker(run_dir)
             batches = tracker.wrap(self.loader)
             if "watch" not in self.without:
                 tracker.watch(self.opt, model=self.model, activations=self.activations)

@@ -48,25 +48,11 @@ def test_a_tracked_run_does_not_import_pandas(tmp_path):
     """pyarrow's own conversions import pandas; on the writer thread that import stalls the training loop."""
     script = textwrap.dedent(f"""
         import sys
-        import torch
-        import torch.nn.functional as F
-        from torch.utils.data import DataLoader, TensorDataset
-        import dataaudit
+        import numpy as np
+        from dataaudit.demo import train_mlp
 
-        X, y = torch.randn(256, 8), torch.randint(0, 3, (256,))
-        model = torch.nn.Linear(8, 3)
-        opt = torch.optim.SGD(model.parameters(), lr=0.1)
-        with dataaudit.Tracker({str(tmp_path / "run")!r}) as tracker:
-            tracker.watch(opt, model=model)
-            loader = tracker.wrap(DataLoader(TensorDataset(X, y), batch_size=32, shuffle=True))
-            for epoch in range(2):
-                for xb, yb in loader:
-                    logits = model(xb)
-                    losses = F.cross_entropy(logits, yb, reduction="none")
-                    tracker.record(losses, logits=logits, targets=yb, inputs=xb)
-                    opt.zero_grad()
-                    losses.mean().backward()
-                    opt.step()
+        X = np.random.default_rng(0).normal(size=(256, 8)).astype(np.float32)
+        train_mlp({str(tmp_path / "run")!r}, X, (X[:, 0] > 0).astype(np.int64), epochs=2)  # watched, inputs recorded
         print("pandas" in sys.modules)
     """)
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
