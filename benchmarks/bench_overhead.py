@@ -21,6 +21,9 @@ the host CPU cost per sample of:
     python benchmarks/bench_overhead.py [--rounds 15] [--optimizer sgd adam]
         [--without inputs logits watch] [--activations K] [--device cuda] [--model mlp conv]
 
+--cold N (default 5; 0 skips it) also times the first run of a fresh process, tracked against untracked
+(N pairs of processes): what a run pays once, for the lazy imports and first calls of the capture. The
+warm runs above leave it out.
 --without leaves parts of the capture out, to see what each costs;
 --activations K turns on the activation probe every K steps. --device cuda runs
 the loop on a GPU (batches from pinned host memory, copied without blocking;
@@ -34,6 +37,8 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -141,6 +146,26 @@ def measure(loop: Loop, rounds: int, tmp: Path) -> dict:
     }
 
 
+def cold(optimizer: str, pairs: int, samples: int) -> tuple[float, float]:
+    """Medians of the first run's wall time in fresh processes, untracked and tracked (alternating)."""
+    walls: dict[str, list[float]] = {"untracked": [], "tracked": []}
+    for _ in range(pairs):
+        for kind in walls:
+            out = subprocess.run([sys.executable, __file__, "--first-run", kind, "--optimizer", optimizer,
+                                  "--samples", str(samples)], capture_output=True, text=True, check=True)
+            walls[kind].append(float(out.stdout.split()[-1]))
+    return statistics.median(walls["untracked"]), statistics.median(walls["tracked"])
+
+
+def _first_run(kind: str, optimizer: str, samples: int) -> None:
+    """One run in this fresh process (dataaudit imported before the timing, as a training script does)."""
+    import dataaudit  # noqa: F401
+
+    loop = Loop(optimizer, samples, [], 0)
+    with tempfile.TemporaryDirectory() as tmp:
+        print(loop.run(Path(tmp) / "run" if kind == "tracked" else None)["wall"])
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=15)
@@ -153,7 +178,12 @@ def main() -> None:
     ap.add_argument("--device", default="cpu", help="cpu, or cuda where a GPU is present")
     ap.add_argument("--model", nargs="+", default=["mlp"], choices=["mlp", "conv"],
                     help="mlp: 256-512-512-10 (the reference); conv: six 3x3 convolutions on 3x32x32 inputs")
+    ap.add_argument("--cold", type=int, default=5, help="pairs of fresh processes timing the first run (0: none)")
+    ap.add_argument("--first-run", choices=["tracked", "untracked"], help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.first_run:
+        _first_run(args.first_run, args.optimizer[0], args.samples)
+        return
 
     import dataaudit  # noqa: F401  (imported before any timing)
 
@@ -174,6 +204,11 @@ def main() -> None:
                   f"{r['tracked_s']:>7.2f}s {r['cpu_ratio']:>6.3f}   {r['record_us']:.2f} us, {r['writer_us']:.2f} us, "
                   f"{r['other_us']:.2f} us", flush=True)
     print("target (issue 14): ratio <= 1.03 with SGD and with Adam, watch, create and close included")
+    if args.cold and args.device == "cpu" and args.model == ["mlp"] and not args.without:
+        for name in args.optimizer:
+            untracked, tracked = cold(name, args.cold, args.samples)
+            print(f"first run of a fresh process, {name}: untracked {untracked:.2f}s, tracked {tracked:.2f}s: "
+                  f"{tracked - untracked:+.2f}s once (lazy imports, first calls), median of {args.cold} pairs")
 
 
 if __name__ == "__main__":
