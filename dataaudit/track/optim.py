@@ -250,7 +250,7 @@ class OptimizerWatch:
             self._scaler_step = None
 
 
-def _host(values: list[Any]) -> np.ndarray:
+def host_scalars(values: list[Any]) -> np.ndarray:
     """Scalars, some of them tensors or None, as one float64 array: host tensors read as they are (no torch
     kernel on the writer thread), device ones copied once per device."""
     out = np.full(len(values), np.nan)
@@ -280,7 +280,7 @@ def _means(losses: list[torch.Tensor | None]) -> np.ndarray:
         out[host] = np.add.reduceat(values, np.cumsum(sizes) - sizes) / sizes
     device = [i for i, t in enumerate(losses) if t is not None and t.device.type != "cpu"]
     if device:
-        out[device] = _host([losses[i].mean() for i in device])
+        out[device] = host_scalars([losses[i].mean() for i in device])
     return out
 
 
@@ -294,14 +294,14 @@ def _steps_columns(rows: list[dict]) -> dict[str, np.ndarray] | None:
         "attempt": np.array([r["attempt"] for r in rows], dtype=np.int64),
         "skipped": np.array([r["skipped"] for r in rows], dtype=bool),
         "loss": _means([r["loss"] for r in rows]),
-        "grad_norm": _host([r.get("grad_norm") for r in rows]),
+        "grad_norm": host_scalars([r.get("grad_norm") for r in rows]),
         # False where the gradient norm was not measured (skipped steps; between measured ones, see _measure)
         "grad_measured": np.array([r.get("grad_norm") is not None for r in rows], dtype=bool),
-        "grad_norm_raw": _host([r.get("grad_norm_raw") for r in rows]),
-        "update_ratio": _host([r.get("update_ratio") for r in rows]),
+        "grad_norm_raw": host_scalars([r.get("grad_norm_raw") for r in rows]),
+        "update_ratio": host_scalars([r.get("update_ratio") for r in rows]),
     }
     for g in range(n_groups):
-        table["lr" if g == 0 else f"lr_{g}"] = _host([r["lr"][g] if g < len(r["lr"]) else None for r in rows])
+        table["lr" if g == 0 else f"lr_{g}"] = host_scalars([r["lr"][g] if g < len(r["lr"]) else None for r in rows])
     table["clipped"] = _clipped(table["grad_norm"], table["grad_norm_raw"])
     return table
 

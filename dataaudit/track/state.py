@@ -17,6 +17,8 @@ from typing import Any
 
 import torch
 
+from dataaudit.track.optim import host_scalars
+
 # The per-parameter state buffers of torch's optimizers whose norms are kept (Adam/AdamW: exp_avg,
 # exp_avg_sq, max_exp_avg_sq; SGD: momentum_buffer; RMSprop: square_avg; Adagrad: sum).
 BUFFERS = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq", "momentum_buffer", "square_avg", "sum")
@@ -95,19 +97,6 @@ class StateProbe:
             self._handle = None
 
 
-def _device(values: list[Any]) -> torch.device:
-    return next(v.device for v in values if isinstance(v, torch.Tensor))
-
-
 def _host(values: list[Any]) -> list[float | None]:
-    """Floats for a list of floats, None and device scalars: one copy per device."""
-    out: list[float | None] = [v if not isinstance(v, torch.Tensor) else None for v in values]
-    by_device: dict[torch.device, list[int]] = {}
-    for i, v in enumerate(values):
-        if isinstance(v, torch.Tensor):
-            by_device.setdefault(v.device, []).append(i)
-    for index in by_device.values():
-        copied = torch.stack([values[i].float().reshape(()) for i in index]).cpu().tolist()
-        for i, v in zip(index, copied, strict=True):
-            out[i] = v
-    return [None if v is None or v != v else float(v) for v in out]   # NaN (v != v) as None, for JSON
+    """Floats for a list of floats, None and device scalars (one copy per device); NaN as None, for JSON."""
+    return [None if v != v else v for v in host_scalars(values).tolist()]
