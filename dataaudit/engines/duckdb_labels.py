@@ -228,15 +228,19 @@ def _best_window(con, windows: list[tuple[int, int]], n: int, counts: list[int] 
     return best[1], best[2]
 
 
+def _votes(first: int, end: int) -> str:
+    """SQL of the predictions of window positions first..end-1, counted per (sample_id, pred, late): late is
+    whether the position is in the window's later half, over which consistency is judged."""
+    return (f"SELECT sample_id, pred, pos >= {_late_start(first, end)} AS late, count(*) AS n FROM cells "
+            f"WHERE pos >= {first} AND pos < {end} AND pred >= 0 GROUP BY sample_id, pred, late")
+
+
 def _judge(con, j: int, first: int, end: int, *, flag: bool) -> None:
     """Table `judged`: the per-sample table of window j (positions first..end-1), flagged = AUM < 0 when
     `flag`, before the consistency and unfit-class gates."""
-    late = _late_start(first, end)
     con.execute(f"""
         CREATE TABLE judged AS
-        WITH votes AS (
-            SELECT sample_id, pred, pos >= {late} AS late, count(*) AS n FROM cells
-            WHERE pos >= {first} AND pos < {end} AND pred >= 0 GROUP BY sample_id, pred, late),
+        WITH votes AS ({_votes(first, end)}),
         per_class AS (
             SELECT sample_id, pred, sum(n) AS n FROM votes GROUP BY sample_id, pred),
         summary AS (
@@ -274,9 +278,7 @@ def _judge_confident(con, j: int, first: int, end: int, *, n_issues: int) -> Non
             SELECT r.sample_id, sum(v.n) AS drawn, sum(v.n) FILTER (WHERE v.pred = r.label) AS as_label,
                    sum(v.n) FILTER (WHERE v.late) AS late_drawn,
                    sum(v.n) FILTER (WHERE v.late AND v.pred = r.suggested_label) AS as_suggested
-            FROM ranked r JOIN (
-                SELECT sample_id, pred, pos >= {_late_start(first, end)} AS late, count(*) AS n FROM cells
-                WHERE pos >= {first} AND pos < {end} AND pred >= 0 GROUP BY sample_id, pred, late) v USING (sample_id)
+            FROM ranked r JOIN ({_votes(first, end)}) v USING (sample_id)
             GROUP BY r.sample_id)
         SELECT r.sample_id, r.label, r.aum, r.mean_loss, coalesce(m.drawn, 0) AS epochs_drawn,
                coalesce(m.as_label, 0) / greatest(coalesce(m.drawn, 0), 1) AS predicted_as_label,
